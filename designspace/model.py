@@ -1,0 +1,65 @@
+"""A frozen backbone + the attached PET modules + a small task head.
+
+Pooling: the mean over non-padding tokens for encoders (all-MiniLM's pooler is weak), the last
+non-padding token for decoder-only models, and for encoder-decoder models (T5) the mean over the
+decoder's states, the decoder reading the input shifted right, so that decoder layers take part.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attach import Attached, attach
+from .backbones import Backbone
+from .plan import Plan
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "last":
+        # Works for right padding: index of the last 1 in each row.
+        last = mask.long().cumsum(-1).argmax(-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class PETModel(nn.Module):
+    def __init__(self, backbone: Backbone, plan: Plan, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone.model
+        self.family = backbone.family
+        self.is_encoder_decoder = backbone.is_encoder_decoder
+        self.pooling = "last" if backbone.is_decoder_only else "mean"
+        self.pet: Attached = attach(backbone, plan)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.hidden_size, num_labels))
+        self.head.to(next(self.backbone.parameters()).device)
+        self.num_labels = num_labels
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.is_encoder_decoder:
+            dec_in = self.backbone._shift_right(input_ids)
+            dec_mask = torch.cat([attention_mask[:, :1], attention_mask[:, :-1]], dim=1)
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=dec_in,
+                decoder_attention_mask=dec_mask,
+                use_cache=False,
+            )
+            return pool(out.last_hidden_state, dec_mask, "mean")
+        kwargs = {"use_cache": False} if self.pooling == "last" else {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return pool(out.last_hidden_state, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def pet_params(self) -> int:
+        return self.pet.effective_params()
+
+    def head_params(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
