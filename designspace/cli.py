@@ -1,0 +1,200 @@
+"""``designspace`` command line: refine, status, report, sample, show, train, plot, search, apply, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import DesignSpaceError
+
+
+def _experiment(args):
+    from .experiment import Experiment
+
+    return Experiment.load(
+        args.experiment, data_dir=getattr(args, "data_dir", None), backend=getattr(args, "backend", None),
+        n_jobs=getattr(args, "jobs", None), output=getattr(args, "output", None),
+    )
+
+
+def cmd_refine(args) -> int:
+    from .refine import Refiner
+    from .report import write_report
+
+    exp = _experiment(args)
+    design = Refiner(exp).run()
+    path = write_report(exp)
+    print(f"{design.id}\t{design.describe()}\nreport: {path}\ndesign: {exp.out_dir / 'design.yaml'}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .refine import status
+
+    print(status(_experiment(args)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    exp = _experiment(args)
+    path = write_report(exp)
+    print(path.read_text())
+    print(f"(written to {path})", file=sys.stderr)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .space import DesignSpace, load_yaml
+
+    space = DesignSpace(budget=args.budget)
+    if args.space:
+        data = load_yaml(args.space)
+        space = DesignSpace.from_dict(data.get("space", data), source=args.space)
+    for d in space.sample(args.n, seed=args.seed):
+        print(json.dumps({"id": d.id, **d.to_dict()}) if args.json else f"{d.id}  {d.describe()}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .backbones import backbone_info
+    from .plan import compile
+    from .space import load_design
+
+    design = load_design(args.design)
+    plan = compile(design, backbone_info(args.backbone), budget=args.budget)
+    print(f"design {design.id}: {design.describe()}")
+    print(plan.table())
+    if args.save:
+        plan.save(args.save)
+        print(f"plan written to {args.save}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .backbones import load_backbone
+    from .space import load_design
+    from .train import Regime, train_design
+
+    design = load_design(args.design)
+    if args.budget:
+        design = design.with_budget(args.budget)
+    regime = Regime(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs)
+    bb = load_backbone(args.backbone)
+    res = train_design(design, bb, args.task, regime, seed=args.seed, data_dir=args.data_dir)
+    print(json.dumps(res.to_dict() | {"traceback": None}, indent=1))
+    return 0 if res.status == "ok" else 1
+
+
+def cmd_plot(args) -> int:
+    from analysis.figures import plot_results  # provided by analysis/
+
+    for path in plot_results(args.results, formats=tuple(args.formats.split(","))):
+        print(path)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .s3pet import run_search_experiment
+
+    run_search_experiment(args.experiment)
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from .apply import apply_design
+    from .train import Regime
+
+    regime = Regime(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs)
+    out = apply_design(args.design, args.backbone, args.task, regime=regime, seed=args.seed, budget=args.budget,
+                       data_dir=args.data_dir, out_dir=args.out)
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_peft
+
+    print(export_peft(args.saved, args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="designspace", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def exp_cmd(name, fn, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("experiment", help="experiment YAML file (see experiments/)")
+        s.add_argument("--data-dir", help="GLUE folder (default: $DESIGNSPACE_GLUE_DIR or ../shared/data/glue)")
+        s.add_argument("--output", help="results folder (default: results/<experiment name>)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = exp_cmd("refine", cmd_refine, "run or resume every refinement stage")
+    s.add_argument("--backend", choices=["loky", "sequential", "dask", "ray"])
+    s.add_argument("--jobs", type=int, help="worker processes")
+    exp_cmd("status", cmd_status, "stage, trials done and failed, ETA")
+    exp_cmd("report", cmd_report, "write report.md with every decision, its CI and test")
+    exp_cmd("search", cmd_search, "S3PET sparse structure search")
+
+    s = sub.add_parser("sample", help="draw designs from a space")
+    s.add_argument("-n", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--budget", type=float, default=0.005)
+    s.add_argument("--space", help="YAML with a space: mapping (default: the full space)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_sample)
+
+    s = sub.add_parser("show", help="a design's plan, layer by layer")
+    s.add_argument("design", help="design YAML/JSON file or preset (s4, all-lora, all-adapter, all-prefix, all-bitfit)")
+    s.add_argument("--backbone", default="minilm-l6")
+    s.add_argument("--budget", type=float)
+    s.add_argument("--save", help="write the plan JSON here")
+    s.set_defaults(fn=cmd_show)
+
+    for name, fn, help_ in (("train", cmd_train, "train one design briefly and print its metrics"),
+                            ("apply", cmd_apply, "recompile a design for another backbone, train and evaluate")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("design")
+        s.add_argument("--backbone", default="minilm-l6")
+        s.add_argument("--task", default="sst2")
+        s.add_argument("--budget", type=float)
+        s.add_argument("--n-train", type=int, default=2000)
+        s.add_argument("--n-dev", type=int)
+        s.add_argument("--epochs", type=float, default=1.0)
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--data-dir")
+        if name == "apply":
+            s.add_argument("--out", help="save the trained PET weights here")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("plot", help="write every figure of a results folder and link them from report.md")
+    s.add_argument("results", help="results folder of an experiment (with trials.sqlite)")
+    s.add_argument("--formats", default="png,svg")
+    s.set_defaults(fn=cmd_plot)
+
+    s = sub.add_parser("export", help="export a saved LoRA-only design to an HF peft adapter folder")
+    s.add_argument("saved", help="folder written by apply --out / io.save_trained")
+    s.add_argument("out")
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DesignSpaceError as e:
+        print(f"designspace: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("designspace: interrupted; finished trials are in the store, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

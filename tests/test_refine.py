@@ -1,0 +1,107 @@
+"""The refiner's decisions on synthetic scores: it must find a real winner and admit a tie."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from designspace.experiment import Experiment
+from designspace.refine import Refiner, design_scores, replicate_noise
+from designspace.space import DesignSpace
+from designspace.stats import bootstrap_ci, compare, designs_needed, edf, separated
+from designspace.store import TrialStore
+
+TRUE_GROUPING = {"increasing": 70.0, "uniform": 71.0, "decreasing": 69.0, "spindle": 74.0, "bottleneck": 70.5}
+
+
+def synthetic_rows(designs, truth, noise, seed, tasks=("sst2", "rte"), seeds=(0,)):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d in designs:
+        for s in seeds:
+            for t in tasks:
+                score = (truth(d) + rng.normal(0, noise)) / 100
+                rows.append({"design_id": d.id, "task": t, "seed": s, "status": "ok", "score": score})
+    return rows
+
+
+def _refiner(tmp_path, tasks=("sst2", "rte")):
+    exp = Experiment(name="synthetic", tasks=tasks, output=str(tmp_path))
+    return Refiner(exp, store=TrialStore(tmp_path / "trials.sqlite"), log=lambda m: None)
+
+
+def test_refiner_picks_the_truly_best_choice(tmp_path):
+    space = DesignSpace()
+    designs = space.sample_balanced("grouping", 5 * 6, seed=1)
+    rows = synthetic_rows(designs, lambda d: TRUE_GROUPING[d.grouping], noise=1.5, seed=0)
+    decision = _refiner(tmp_path)._decide("grouping", rows, designs)
+    assert decision.best == "spindle"
+    assert decision.confidence == "high"
+    assert decision.margin_ci[0] > 0
+    assert [c.n for c in decision.choices] == [6] * 5
+    assert all(c.p_vs_best is not None for c in decision.choices[1:])
+    assert decision.choices[-1].p_vs_best < 0.01  # spindle vs the worst choice: clearly apart
+
+
+def test_refiner_reports_low_confidence_when_choices_are_equal(tmp_path):
+    space = DesignSpace()
+    designs = space.sample_balanced("allocation", 3 * 6, seed=2)
+    rows = synthetic_rows(designs, lambda d: 75.0, noise=2.0, seed=3)
+    decision = _refiner(tmp_path)._decide("allocation", rows, designs)
+    assert decision.confidence == "low"
+    assert decision.margin_ci[0] < 0 < decision.margin_ci[1]
+    assert decision.p_best < 0.8
+
+
+def test_failed_trials_are_left_out_and_said(tmp_path):
+    space = DesignSpace()
+    designs = space.sample_balanced("grouping", 10, seed=4)
+    rows = synthetic_rows(designs, lambda d: TRUE_GROUPING[d.grouping], noise=0.1, seed=0)
+    rows[0]["status"] = "failed"
+    rows[0]["score"] = None
+    decision = _refiner(tmp_path)._decide("grouping", rows, designs)
+    assert sum(c.n for c in decision.choices) == 9  # the design with a failed task has no score
+    assert "left out" in decision.note
+
+
+def test_design_scores_average_tasks_and_need_every_task():
+    rows = [
+        {"design_id": "a", "task": "sst2", "seed": 0, "status": "ok", "score": 0.80},
+        {"design_id": "a", "task": "rte", "seed": 0, "status": "ok", "score": 0.60},
+        {"design_id": "b", "task": "sst2", "seed": 0, "status": "ok", "score": 0.90},
+        {"design_id": "a", "task": "sst2", "seed": 1, "status": "ok", "score": 0.10},
+    ]
+    assert design_scores(rows, 0, ("sst2", "rte")) == pytest.approx({"a": 70.0})
+
+
+def test_replicate_noise_is_the_seed_to_seed_std():
+    rows = []
+    for seed, score in ((0, 0.80), (1, 0.84)):
+        rows.append({"design_id": "a", "task": "sst2", "seed": seed, "status": "ok", "score": score})
+    # two values 80 and 84: sample std = 2.828
+    assert replicate_noise(rows, ("sst2",)) == pytest.approx(2 ** 1.5, rel=1e-6)
+    assert replicate_noise(rows[:1], ("sst2",)) is None
+
+
+def test_stats_helpers():
+    assert bootstrap_ci([3.0]) == (3.0, 3.0)
+    lo, hi = bootstrap_ci([1, 2, 3, 4, 5], seed=0)
+    assert lo < 3 < hi
+    x, f = edf([3, 1, 2])
+    assert x == [1, 2, 3] and f == pytest.approx([1 / 3, 2 / 3, 1])
+    # more noise or a smaller effect needs more designs
+    assert designs_needed(2.3, 1.0, 5) > designs_needed(2.3, 2.0, 5) > designs_needed(1.0, 2.0, 5) >= 2
+    d = compare("x", {"a": [10, 11, 12], "b": [1, 2, 3]})
+    assert separated(d) and d.best == "a"
+
+
+def test_compare_with_random_ties_is_rarely_confident():
+    # Equal choices, many repeats: "high" confidence must be rare (a false discovery).
+    rng = random.Random(0)
+    high = 0
+    for rep in range(40):
+        scores = {c: [rng.gauss(70, 2) for _ in range(5)] for c in "abcde"}
+        high += compare("x", scores, seed=rep, n_boot=500).confidence == "high"
+    assert high <= 4
