@@ -45,19 +45,27 @@ def pattern_weights(pattern: str, n_groups: int) -> list[float]:
 
 
 def apportion(total: int, weights: list[float], minimum: int = 0) -> list[int]:
-    """Largest-remainder apportionment of ``total`` items by ``weights``; each share >= ``minimum``."""
+    """Largest-remainder apportionment of ``total`` items by ``weights``; each share >= ``minimum``.
+
+    The whole total is apportioned first (30 layers, increasing: 3/6/9/12, the pattern's own shape);
+    a share below ``minimum`` is then topped up from the largest shares.
+    """
     n = len(weights)
     if total < minimum * n:
         raise DesignSpaceError(f"cannot split {total} items into {n} parts of at least {minimum}")
-    rest = total - minimum * n
     s = sum(weights)
-    quotas = [rest * w / s for w in weights]
+    quotas = [total * w / s for w in weights]
     shares = [int(q) for q in quotas]
     # Ties broken by position so that the result is deterministic.
     order = sorted(range(n), key=lambda i: (-(quotas[i] - shares[i]), i))
-    for i in order[: rest - sum(shares)]:
+    for i in order[: total - sum(shares)]:
         shares[i] += 1
-    return [minimum + x for x in shares]
+    for i in range(n):
+        while shares[i] < minimum:
+            donor = max(range(n), key=lambda j: (shares[j] - minimum, quotas[j]))
+            shares[donor] -= 1
+            shares[i] += 1
+    return shares
 
 
 def group_sizes(n_layers: int, pattern: str, n_groups: int = 4) -> list[int]:
@@ -95,8 +103,23 @@ def _norm_strategy_set(value, field_name: str) -> tuple[str, ...]:
         if s not in known:
             raise invalid(field_name, s, known)
     if not items:
-        raise invalid(field_name, list(value), "a non-empty subset of " + ", ".join(STRATEGIES))
+        raise invalid(field_name, list(value), "a non-empty subset of " + ", ".join(known))
     return tuple(sorted(set(items)))
+
+
+def _group_numbers(value, field_name: str, n_groups: int) -> tuple[int, ...]:
+    """A sorted tuple of group numbers; a scalar or non-numbers (``tuned_groups: 3`` in YAML) is an error."""
+    try:
+        return tuple(sorted(set(int(g) for g in value)))
+    except (TypeError, ValueError):
+        raise invalid(field_name, value, f"a list of group numbers in 1..{n_groups}") from None
+
+
+def _n_groups_of(d: dict, source) -> int:
+    try:
+        return int(d.get("n_groups", 4))
+    except (TypeError, ValueError):
+        raise invalid("n_groups", d.get("n_groups"), "an integer >= 1", source) from None
 
 
 def _check_budget(budget, source=None) -> float:
@@ -131,7 +154,7 @@ class Design:
             raise invalid("grouping", self.grouping, GROUPING_PATTERNS)
         if self.allocation not in ALLOCATION_PATTERNS:
             raise invalid("allocation", self.allocation, ALLOCATION_PATTERNS)
-        tg = tuple(sorted(set(int(g) for g in self.tuned_groups)))
+        tg = _group_numbers(self.tuned_groups, "tuned_groups", self.n_groups)
         if not tg or any(g < 1 or g > self.n_groups for g in tg):
             raise invalid("tuned_groups", list(self.tuned_groups), f"a non-empty subset of 1..{self.n_groups}")
         strategies = self.strategies
@@ -165,7 +188,7 @@ class Design:
             if k not in allowed:
                 raise invalid(f"design.{k}", d[k], "fields " + ", ".join(sorted(allowed - {"id", "kind"})), source)
         kw = {k: v for k, v in d.items() if k not in ("id", "kind")}
-        n_groups = int(kw.get("n_groups", 4))
+        n_groups = _n_groups_of(kw, source)
         st = kw.get("strategies")
         if isinstance(st, dict):
             keys = {f"G{g}" for g in range(1, n_groups + 1)}
@@ -176,8 +199,6 @@ class Design:
             if any(s is None for s in kw["strategies"]):
                 missing = [f"G{g}" for g, s in enumerate(kw["strategies"], 1) if s is None]
                 raise invalid("strategies", missing, "a strategy set for every group", source)
-        if "tuned_groups" in kw:
-            kw["tuned_groups"] = tuple(kw["tuned_groups"])
         try:
             return cls(**kw)
         except DesignSpaceError as e:
@@ -238,7 +259,9 @@ class DesignSpace:
         object.__setattr__(self, "strategy_pool", pool)
         groups = tuple(range(1, self.n_groups + 1))
         tg = self.tuned_groups if self.tuned_groups is not None else _all_subsets(groups)
-        tg = tuple(tuple(sorted(set(int(g) for g in s))) for s in tg)
+        if isinstance(tg, (int, str)):
+            raise invalid("tuned_groups", tg, f"a list of subsets of 1..{self.n_groups}")
+        tg = tuple(_group_numbers(s, "tuned_groups", self.n_groups) for s in tg)
         if not tg or any(not s or s[0] < 1 or s[-1] > self.n_groups for s in tg):
             raise invalid("tuned_groups", [list(s) for s in tg], f"non-empty subsets of 1..{self.n_groups}")
         object.__setattr__(self, "tuned_groups", tg)
@@ -394,15 +417,13 @@ class DesignSpace:
             if k not in allowed:
                 raise invalid(f"space.{k}", d[k], "fields " + ", ".join(sorted(allowed)), source)
         kw = dict(d)
-        n_groups = int(kw.get("n_groups", 4))
+        n_groups = _n_groups_of(kw, source)
         if isinstance(kw.get("strategies"), dict):
             st = kw["strategies"]
             kw["strategies"] = tuple(tuple(st.get(f"G{g}") or ()) for g in range(1, n_groups + 1))
         for k in ("groupings", "allocations"):
             if k in kw:
                 kw[k] = tuple([kw[k]] if isinstance(kw[k], str) else kw[k])
-        if "tuned_groups" in kw and kw["tuned_groups"] is not None:
-            kw["tuned_groups"] = tuple(tuple(s) for s in kw["tuned_groups"])
         if "strategy_pool" in kw:
             kw["strategy_pool"] = tuple(kw["strategy_pool"])
         try:

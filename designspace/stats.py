@@ -69,7 +69,7 @@ def compare(component: str, scores: dict[str, list[float]], n_boot: int = 2000, 
 
     ``p_best`` resamples the designs of every choice together and counts how often the winner keeps
     the highest mean. ``confidence`` is high when the margin's 95 % CI excludes 0 and p_best >= 0.95,
-    medium when p_best >= 0.8, else low (equal choices give about 1 / number of choices).
+    medium when its 80 % CI excludes 0 and p_best >= 0.9, else low.
     """
     present = {c: [float(x) for x in v if x is not None and not math.isnan(x)] for c, v in scores.items()}
     present = {c: v for c, v in present.items() if v}
@@ -90,11 +90,14 @@ def compare(component: str, scores: dict[str, list[float]], n_boot: int = 2000, 
         diff = boot[:, 0] - boot[:, 1]
         margin = best.mean - rows[1].mean
         margin_ci = (float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975)))
+        margin_lo80 = float(np.quantile(diff, 0.10))
     else:
-        margin, margin_ci, p_best = 0.0, (0.0, 0.0), 1.0
+        margin, margin_ci, p_best, margin_lo80 = 0.0, (0.0, 0.0), 1.0, 0.0
+    # The leader is picked from the same data, so P(best) is optimistic (winner's curse): ask the
+    # runner-up margin's CI too.
     if len(rows) > 1 and margin_ci[0] > 0 and p_best >= 0.95:
         confidence = "high"
-    elif p_best >= 0.8:
+    elif len(rows) > 1 and margin_lo80 > 0 and p_best >= 0.9:
         confidence = "medium"
     else:
         confidence = "low"
