@@ -146,10 +146,13 @@ class Refiner:
         for d in {d.id: d for d in designs}.values():
             if d.id in scores:
                 by_choice[_fmt_choice(choice_of(d, component))].append(scores[d.id])
-        decision = compare(component, by_choice, noise_sd=replicate_noise(rows, e.tasks))
+        # Noise pooled over every replicated design so far (all stages share backbone and regime).
+        noise = replicate_noise(self.store.trials(), e.tasks) or replicate_noise(rows, e.tasks)
+        decision = compare(component, by_choice, noise_sd=noise)
         failed = sum(1 for r in rows if r["status"] != "ok")
         if failed:
-            decision.note = f"{failed} trials not ok (failed, diverged or infeasible) are left out"
+            extra = f"{failed} trials not ok (failed, diverged or infeasible) are left out"
+            decision.note = "; ".join(x for x in (decision.note, extra) if x)
         return decision
 
     # --- all stages -----------------------------------------------------------------------

@@ -75,16 +75,30 @@ def compare(component: str, scores: dict[str, list[float]], n_boot: int = 2000, 
     present = {c: v for c, v in present.items() if v}
     if not present:
         raise ValueError(f"no finished trials to compare for {component}")
-    rows = [ChoiceStats(c, len(v), float(np.mean(v)), bootstrap_ci(v, n_boot, seed), v) for c, v in present.items()]
-    rows.sort(key=lambda r: -r.mean)
+    rng = np.random.default_rng(seed)
+
+    def resample(v: list[float]) -> np.ndarray:
+        a = np.asarray(v)
+        if len(a) == 1 and noise_sd:
+            # One design: a bootstrap has nothing to resample; use the measured per-design noise
+            # (parametric bootstrap) instead of pretending the score is exact.
+            return a[0] + rng.normal(0.0, noise_sd, n_boot)
+        return rng.choice(a, size=(n_boot, len(a)), replace=True).mean(1)
+
+    rows = []
+    for c, v in present.items():
+        means = resample(v)
+        ci = (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))) if len(v) > 1 or noise_sd \
+            else (v[0], v[0])
+        rows.append((ChoiceStats(c, len(v), float(np.mean(v)), ci, v), means))
+    rows.sort(key=lambda r: -r[0].mean)
+    boot = np.stack([m for _, m in rows], axis=1)
+    rows = [r for r, _ in rows]
     best = rows[0]
     for r in rows[1:]:
-        if len(r.scores) >= 1 and len(best.scores) >= 1 and (len(r.scores) + len(best.scores)) > 2:
+        if len(r.scores) + len(best.scores) > 2:
             r.p_vs_best = float(stats.mannwhitneyu(best.scores, r.scores, alternative="two-sided").pvalue)
-    rng = np.random.default_rng(seed)
     names = [r.choice for r in rows]
-    arrays = [np.asarray(r.scores) for r in rows]
-    boot = np.stack([rng.choice(a, size=(n_boot, len(a)), replace=True).mean(1) for a in arrays], axis=1)
     p_best = float((boot.argmax(1) == 0).mean())
     if len(rows) > 1:
         diff = boot[:, 0] - boot[:, 1]
@@ -101,6 +115,9 @@ def compare(component: str, scores: dict[str, list[float]], n_boot: int = 2000, 
         confidence = "medium"
     else:
         confidence = "low"
+    untested = len(rows) > 1 and min(len(rows[0].scores), len(rows[1].scores)) < 2 and not noise_sd
+    if untested:
+        confidence = "low"
     return Decision(
         component=component,
         best=names[0],
@@ -110,7 +127,8 @@ def compare(component: str, scores: dict[str, list[float]], n_boot: int = 2000, 
         confidence=confidence,
         choices=rows,
         noise_sd=noise_sd,
-        n_trials=sum(len(a) for a in arrays),
+        n_trials=sum(len(r.scores) for r in rows),
+        note="one design per leading choice and no noise estimate: the ranking is untested" if untested else "",
     )
 
 

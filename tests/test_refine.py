@@ -111,3 +111,15 @@ def test_compare_with_random_ties_is_rarely_confident():
         scores = {c: [rng.gauss(70, 2) for _ in range(5)] for c in "abcde"}
         high += compare("x", scores, seed=rep, n_boot=500).confidence == "high"
     assert high <= 4
+
+
+def test_one_design_per_choice_is_not_high_confidence_without_noise():
+    d = compare("x", {"a": [80.0], "b": [79.0], "c": [70.0]})
+    assert d.confidence == "low" and "untested" in d.note
+    # With a measured per-design noise the same scores get honest CIs instead of zero-width ones.
+    d = compare("x", {"a": [80.0], "b": [79.0], "c": [70.0]}, noise_sd=2.0)
+    assert d.choices[0].ci[0] < 80.0 < d.choices[0].ci[1]
+    assert d.confidence == "low"  # 1 point apart with 2 points of noise: not separable
+    assert d.p_best < 0.8
+    d = compare("x", {"a": [90.0], "b": [70.0]}, noise_sd=2.0)
+    assert d.confidence == "high"  # 20 points apart with 2 points of noise

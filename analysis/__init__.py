@@ -1,0 +1,1 @@
+"""Figures of designspace results: data functions (tested) and matplotlib renderers."""
