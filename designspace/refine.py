@@ -51,8 +51,12 @@ def design_scores(rows: list[dict], seed: int, tasks) -> dict[str, float]:
     return {d: float(np.mean(list(s.values()))) for d, s in per.items() if len(s) == len(tasks)}
 
 
-def replicate_noise(rows: list[dict], tasks) -> float | None:
-    """Pooled seed-to-seed std of a design's score over the replicated designs (points)."""
+def replicate_noise(rows: list[dict], tasks, prior: float | None = None, min_designs: int = 3) -> float | None:
+    """Pooled seed-to-seed std of a design's score over the replicated designs (points).
+
+    With fewer than ``min_designs`` replicated designs the estimate has too few degrees of freedom
+    to trust a small value, so the larger of it and ``prior`` is used.
+    """
     by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["status"] == "ok" and r.get("score") is not None:
@@ -62,7 +66,10 @@ def replicate_noise(rows: list[dict], tasks) -> float | None:
         vals = [np.mean(v) for v in seeds.values() if len(v) == len(tasks)]
         if len(vals) >= 2:
             variances.append(np.var(vals, ddof=1))
-    return float(math.sqrt(np.mean(variances))) if variances else None
+    measured = float(math.sqrt(np.mean(variances))) if variances else None
+    if prior is not None and len(variances) < min_designs:
+        return max(measured or 0.0, prior)
+    return measured
 
 
 class Refiner:
@@ -147,7 +154,7 @@ class Refiner:
             if d.id in scores:
                 by_choice[_fmt_choice(choice_of(d, component))].append(scores[d.id])
         # Noise pooled over every replicated design so far (all stages share backbone and regime).
-        noise = replicate_noise(self.store.trials(), e.tasks) or replicate_noise(rows, e.tasks)
+        noise = replicate_noise(self.store.trials(), e.tasks, prior=e.prior_noise_sd)
         decision = compare(component, by_choice, noise_sd=noise)
         failed = sum(1 for r in rows if r["status"] != "ok")
         if failed:

@@ -123,3 +123,10 @@ def test_one_design_per_choice_is_not_high_confidence_without_noise():
     assert d.p_best < 0.8
     d = compare("x", {"a": [90.0], "b": [70.0]}, noise_sd=2.0)
     assert d.confidence == "high"  # 20 points apart with 2 points of noise
+
+
+def test_replicate_noise_falls_back_to_the_prior_with_few_replicates():
+    rows = [{"design_id": "a", "task": "sst2", "seed": s, "status": "ok", "score": v} for s, v in ((0, 0.80), (1, 0.801))]
+    assert replicate_noise(rows, ("sst2",)) == pytest.approx(0.0707, rel=1e-2)
+    assert replicate_noise(rows, ("sst2",), prior=2.3) == 2.3  # one replicated design: too few to trust 0.07
+    assert replicate_noise([], ("sst2",), prior=2.3) == 2.3
