@@ -17,7 +17,7 @@ import numpy as np
 from designspace.errors import DesignSpaceError, invalid
 from designspace.experiment import Experiment
 from designspace.plan import ModuleSpec, Plan, _size_label
-from designspace.refine import choice_of, design_scores
+from designspace.refine import design_scores
 from designspace.space import SHORT, Design, _fmt_choice, group_sizes
 from designspace.stats import Decision, compare, edf
 from designspace.store import TrialStore
@@ -106,7 +106,7 @@ def stage_decision(store: TrialStore, experiment: Experiment, stage: str) -> tup
     by_choice: dict[str, list[float]] = defaultdict(list)
     for design_id, score in scores.items():
         if design_id in designs:
-            by_choice[_fmt_choice(choice_of(Design.from_dict(designs[design_id]), component))].append(score)
+            by_choice[_fmt_choice(Design.from_dict(designs[design_id]).choice(component))].append(score)
     if not by_choice:
         return None
     return compare(component, by_choice), True

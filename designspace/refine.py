@@ -31,17 +31,6 @@ def stage_name(index: int, component: str) -> str:
     return f"{index + 1}-{component}"
 
 
-def choice_of(design: Design, component: str):
-    if component == "grouping":
-        return design.grouping
-    if component == "allocation":
-        return design.allocation
-    if component == "tuned_groups":
-        return design.tuned_groups
-    g = int(component.rsplit("G", 1)[1])
-    return design.strategies[g - 1]
-
-
 def design_scores(rows: list[dict], seed: int, tasks) -> dict[str, float]:
     """Design id -> mean main score (points) over tasks, for trials of ``seed`` that finished ok."""
     per: dict[str, dict[str, float]] = defaultdict(dict)
@@ -152,7 +141,7 @@ class Refiner:
         by_choice: dict[str, list[float]] = defaultdict(list)
         for d in {d.id: d for d in designs}.values():
             if d.id in scores:
-                by_choice[_fmt_choice(choice_of(d, component))].append(scores[d.id])
+                by_choice[_fmt_choice(d.choice(component))].append(scores[d.id])
         # Noise pooled over every replicated design so far (all stages share backbone and regime).
         noise = replicate_noise(self.store.trials(), e.tasks, prior=e.prior_noise_sd)
         decision = compare(component, by_choice, noise_sd=noise)

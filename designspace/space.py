@@ -218,8 +218,31 @@ class Design:
         )
         return f"{self.grouping}/{self.allocation} {groups} @{self.budget:.3%}"
 
+    def choice(self, component: str):
+        """This design's choice of ``component`` (``grouping`` ... ``strategies.G3``)."""
+        return _component(self, component, plural=False)
+
     def with_budget(self, budget: float) -> Design:
         return replace(self, budget=budget)
+
+
+_COMPONENT_FIELDS = {"grouping": "groupings", "allocation": "allocations", "tuned_groups": "tuned_groups"}
+
+
+def _group_of(component: str, n_groups: int) -> int:
+    if component.startswith("strategies.G"):
+        g = component[len("strategies.G"):]
+        if g.isdigit() and 1 <= int(g) <= n_groups:
+            return int(g)
+    allowed = list(_COMPONENT_FIELDS) + [f"strategies.G{g}" for g in range(1, n_groups + 1)]
+    raise invalid("component", component, allowed)
+
+
+def _component(obj, component: str, plural: bool):
+    """A design's choice (or a space's choices) of ``component``: the same lookup for both."""
+    if component in _COMPONENT_FIELDS:
+        return getattr(obj, _COMPONENT_FIELDS[component] if plural else component)
+    return obj.strategies[_group_of(component, obj.n_groups) - 1]
 
 
 def _all_subsets(items, min_size=1) -> tuple[tuple, ...]:
@@ -285,24 +308,10 @@ class DesignSpace:
         return ["grouping", "allocation", "tuned_groups"] + [f"strategies.G{g}" for g in range(1, self.n_groups + 1)]
 
     def choices(self, component: str) -> tuple:
-        if component == "grouping":
-            return self.groupings
-        if component == "allocation":
-            return self.allocations
-        if component == "tuned_groups":
-            return self.tuned_groups
-        g = self._group_of(component)
-        return self.strategies[g - 1]
+        return _component(self, component, plural=True)
 
     def _group_of(self, component: str) -> int:
-        if component.startswith("strategies.G"):
-            try:
-                g = int(component[len("strategies.G"):])
-            except ValueError:
-                g = 0
-            if 1 <= g <= self.n_groups:
-                return g
-        raise invalid("component", component, self.components())
+        return _group_of(component, self.n_groups)
 
     def restrict(self, component: str, choice) -> DesignSpace:
         """The narrower space in which ``component`` is fixed to ``choice`` (or a list of choices)."""

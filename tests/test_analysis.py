@@ -23,7 +23,7 @@ from analysis.figures import (
 from designspace.errors import DesignSpaceError
 from designspace.experiment import Experiment
 from designspace.plan import ModuleSpec, Plan
-from designspace.refine import choice_of, design_scores, stage_name
+from designspace.refine import design_scores, stage_name
 from designspace.space import Design, _fmt_choice
 from designspace.stats import compare
 from designspace.store import TrialStore
@@ -59,7 +59,7 @@ def fill_store(folder, stages=("grouping", "tuned_groups", "strategies.G1"), per
         scores = design_scores(rows, 0, TASKS)
         by = defaultdict(list)
         for d in designs:
-            by[_fmt_choice(choice_of(d, component))].append(scores[d.id])
+            by[_fmt_choice(d.choice(component))].append(scores[d.id])
         decision = compare(component, by, n_boot=200)
         if decide_last or i < len(stages) - 1:
             store.meta_set(f"decision:{stage}", decision.to_dict())
