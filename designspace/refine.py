@@ -135,6 +135,21 @@ class Refiner:
         self.store.meta_set(f"space:{stage}", new_space.to_dict())
         return decision, new_space
 
+    def skip_untuned(self, index: int, component: str, space: DesignSpace) -> DesignSpace | None:
+        """A strategy stage of a group that no remaining design tunes compares identical models:
+        skip it, and pin the group's set to its first choice so design ids stay canonical."""
+        if not component.startswith("strategies.G"):
+            return None
+        g = int(component.rsplit("G", 1)[1])
+        if any(g in tg for tg in space.tuned_groups):
+            return None
+        stage = stage_name(index, component)
+        narrowed = space.restrict(component, space.choices(component)[0])
+        self.store.meta_set(f"skipped:{stage}", f"group G{g} is not tuned by any remaining design")
+        self.store.meta_set(f"space:{stage}", narrowed.to_dict())
+        self.log(f"[{stage}] skipped: G{g} is not tuned by any remaining design")
+        return narrowed
+
     def _decide(self, component: str, rows: list[dict], designs: list[Design]) -> Decision:
         e = self.exp
         scores = design_scores(rows, e.seed, e.tasks)
@@ -160,6 +175,10 @@ class Refiner:
         space = e.space
         t0 = time.perf_counter()
         for i, component in enumerate(e.stages):
+            skipped = self.skip_untuned(i, component, space)
+            if skipped:
+                space = skipped
+                continue
             decision, space = self.run_stage(i, component, space)
             ci = decision.margin_ci
             self.log(
@@ -205,6 +224,9 @@ def status(experiment: Experiment) -> str:
         counts = store.counts(stage)
         done = sum(counts.values())
         decided = store.meta_get(f"decision:{stage}")
+        if store.meta_get(f"skipped:{stage}"):
+            lines.append(f"  {stage:<18} skipped (group not tuned)")
+            continue
         state = f"decided: {decided['best']} ({decided['confidence']})" if decided else (
             "running" if planned else "pending")
         failed = counts.get("failed", 0) + counts.get("diverged", 0) + counts.get("infeasible", 0)

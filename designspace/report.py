@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .experiment import Experiment
-from .refine import load_decisions
+from .refine import load_decisions, stage_name
 from .space import Design
 from .store import TrialStore
 
@@ -35,6 +35,10 @@ def render(experiment: Experiment, store: TrialStore, figures: dict[str, list[st
         "seed-to-seed standard deviation of one design's score (replicated designs).",
         "",
     ]
+    for i, component in enumerate(e.stages):
+        reason = store.meta_get(f"skipped:{stage_name(i, component)}")
+        if reason:
+            out += [f"## Stage {stage_name(i, component)}", "", f"Skipped: {reason}.", ""]
     for stage, d in decisions:
         out += [
             f"## Stage {stage}",

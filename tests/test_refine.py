@@ -130,3 +130,13 @@ def test_replicate_noise_falls_back_to_the_prior_with_few_replicates():
     assert replicate_noise(rows, ("sst2",)) == pytest.approx(0.0707, rel=1e-2)
     assert replicate_noise(rows, ("sst2",), prior=2.3) == 2.3  # one replicated design: too few to trust 0.07
     assert replicate_noise([], ("sst2",), prior=2.3) == 2.3
+
+
+def test_strategy_stage_of_an_untuned_group_is_skipped(tmp_path):
+    space = DesignSpace().restrict("tuned_groups", (2, 3))
+    refiner = _refiner(tmp_path)
+    narrowed = refiner.skip_untuned(3, "strategies.G1", space)
+    assert narrowed is not None and len(narrowed.choices("strategies.G1")) == 1
+    assert refiner.store.meta_get("skipped:4-strategies.G1")
+    assert refiner.skip_untuned(4, "strategies.G2", space) is None  # G2 is tuned: a real stage
+    assert refiner.skip_untuned(0, "grouping", space) is None
