@@ -104,14 +104,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from .apply import apply_design
-    from .train import Regime
+    from .apply import main_apply
 
-    regime = Regime(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs)
-    out = apply_design(args.design, args.backbone, args.task, regime=regime, seed=args.seed, budget=args.budget,
-                       data_dir=args.data_dir, out_dir=args.out)
-    print(json.dumps(out, indent=1, default=str))
-    return 0
+    return main_apply(args)
 
 
 def cmd_export(args) -> int:
@@ -155,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", help="write the plan JSON here")
     s.set_defaults(fn=cmd_show)
 
-    for name, fn, help_ in (("train", cmd_train, "train one design briefly and print its metrics"),
-                            ("apply", cmd_apply, "recompile a design for another backbone, train and evaluate")):
+    for name, fn, help_ in (("train", cmd_train, "train one design briefly and print its metrics"),):
         s = sub.add_parser(name, help=help_)
         s.add_argument("design")
         s.add_argument("--backbone", default="minilm-l6")
@@ -167,9 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--epochs", type=float, default=1.0)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--data-dir")
-        if name == "apply":
-            s.add_argument("--out", help="save the trained PET weights here")
         s.set_defaults(fn=fn)
+
+    from .apply import add_apply_arguments
+
+    s = sub.add_parser("apply", help="recompile a design for another backbone, train and evaluate")
+    add_apply_arguments(s)
+    s.set_defaults(fn=cmd_apply)
 
     s = sub.add_parser("plot", help="write every figure of a results folder and link them from report.md")
     s.add_argument("results", help="results folder of an experiment (with trials.sqlite)")
