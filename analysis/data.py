@@ -72,6 +72,7 @@ class StageData:
     p_best: float
     provisional: bool  # no stored decision yet: computed from the trials finished so far
     choices: list[ChoiceSeries] = field(default_factory=list)  # best mean first
+    noise_sd: float | None = None  # per-design seed noise used for one-design choices
 
     @property
     def x_label(self) -> str:
@@ -87,7 +88,7 @@ def stage_data(stage: str, decision: Decision, provisional: bool = False) -> Sta
     return StageData(
         stage=stage, component=component_of(stage), best=decision.best, confidence=decision.confidence,
         margin=decision.margin, margin_ci=tuple(decision.margin_ci), p_best=decision.p_best,
-        provisional=provisional, choices=series,
+        provisional=provisional, choices=series, noise_sd=decision.noise_sd,
     )
 
 

@@ -152,6 +152,8 @@ def plot_results(results_dir: str | Path, formats: Sequence[str] = ("png", "svg"
         experiment = Experiment.from_dict(exp)
         for i, component in enumerate(experiment.stages):
             stage = stage_name(i, component)
+            if store.meta_get(f"skipped:{stage}"):
+                continue  # its trials (if any) are from an earlier run, before the stage became moot
             found = stage_decision(store, experiment, stage)
             if found is None:
                 continue

@@ -69,8 +69,9 @@ def _stage_subtitle(data: StageData) -> str:
     text = (f"best {short_label(data.best)}: margin {data.margin:+.2f} points (95 % CI {lo:+.2f} to {hi:+.2f}), "
             f"P(best) = {data.p_best:.2f}, {state}")
     if max(c.n for c in data.choices) == 1:
-        # A bootstrap of one value has no spread: the CI and P(best) above say nothing about noise.
-        text += "\none design per choice: zero-width CIs, the ranking is not tested"
+        # A bootstrap of one value has no spread: say where the CIs come from, or that there are none.
+        text += (f"\none design per choice: CIs from the measured per-design noise (σ = {data.noise_sd:.2f} points)"
+                 if data.noise_sd else "\none design per choice and no noise estimate: the ranking is not tested")
     return text
 
 

@@ -146,6 +146,7 @@ class Refiner:
         stage = stage_name(index, component)
         narrowed = space.restrict(component, space.choices(component)[0])
         self.store.meta_set(f"skipped:{stage}", f"group G{g} is not tuned by any remaining design")
+        self.store.meta_set(f"decision:{stage}", None)  # a decision from a run before it became moot
         self.store.meta_set(f"space:{stage}", narrowed.to_dict())
         self.log(f"[{stage}] skipped: G{g} is not tuned by any remaining design")
         return narrowed

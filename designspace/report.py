@@ -35,11 +35,15 @@ def render(experiment: Experiment, store: TrialStore, figures: dict[str, list[st
         "seed-to-seed standard deviation of one design's score (replicated designs).",
         "",
     ]
+    decided = dict(decisions)
     for i, component in enumerate(e.stages):
-        reason = store.meta_get(f"skipped:{stage_name(i, component)}")
+        stage = stage_name(i, component)
+        reason = store.meta_get(f"skipped:{stage}")
         if reason:
-            out += [f"## Stage {stage_name(i, component)}", "", f"Skipped: {reason}.", ""]
-    for stage, d in decisions:
+            out += [f"## Stage {stage}", "", f"Skipped: {reason}.", ""]
+        if stage not in decided:
+            continue
+        d = decided[stage]
         out += [
             f"## Stage {stage}",
             "",
