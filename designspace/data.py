@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -76,6 +77,15 @@ def length_bucketed_batches(
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+def epoch_batches(
+    examples: list[Example], batch_size: int, epochs: float, seed: int, max_steps: int | None = None
+) -> list[list[Example]]:
+    """The training batches: whole epochs (epoch ``e`` shuffled with ``seed + e``), cut to ``epochs``."""
+    per_epoch = [length_bucketed_batches(examples, batch_size, seed + e) for e in range(math.ceil(epochs))]
+    batches = [b for eb in per_epoch for b in eb][: max(1, round(epochs * len(per_epoch[0])))]
+    return batches[:max_steps] if max_steps else batches
 
 
 def collate(batch: list[Example], pad_id: int, device, regression: bool) -> dict[str, torch.Tensor]:

@@ -6,11 +6,11 @@ The driver hands :class:`TrialSpec` s to a joblib backend (``loky`` processes on
 finished trial, so killing the driver loses nothing already recorded and a rerun of the same specs
 runs only the missing ones.
 
-CPU budget: by default ``n_jobs * threads <= cpu_count`` with one worker using all cores (here
-1 x 2). ``benchmarks/pool_workers.py`` compares 1 x 2 with 2 x 1 in designs per hour. On a 2-core
-machine shared with other jobs (load 10-13), 2 x 1 ran 4.5-7 times as many designs per hour, a
-2-thread trial taking ~3x as long as a 1-thread one (likely torch's thread pool waiting on
-preempted threads): on a busy machine pass ``n_jobs=2, threads=1``.
+CPU budget: by default ``n_jobs * threads <= cpu_count`` with one single-threaded worker per core
+(here 2 x 1). ``benchmarks/pool_workers.py`` compares 1 x 2 with 2 x 1 in designs per hour: on this
+2-core machine shared with other jobs (load 10-13), 2 x 1 ran 4.5-7 times as many designs per
+hour, a 2-thread trial taking ~3x as long as a 1-thread one; single-threaded training was also
+faster in ``benchmarks/train_throughput.py``. Pass ``n_jobs=1, threads=2`` for the other layout.
 
 Engines: ``loky`` streams results as they finish, even with one worker (which still runs in its
 own process: joblib alone would run it in the driver). ``dask`` streams too. Ray's joblib
@@ -238,7 +238,9 @@ def _resources(backend: str, n_jobs: int | None, threads: int | None, remote: bo
     if remote:  # a cluster's cores are not ours to count; n_jobs None = all its worker threads
         return n_jobs or 0, threads or 1
     if n_jobs is None:
-        n_jobs = max(1, cores // threads) if threads else 1
+        # One single-threaded worker per core: torch's intra-op threads scale poorly on the
+        # small matrices of brief trials (benchmarks/pool_workers.py: 2 x 1 beat 1 x 2 by 4.5-7x).
+        n_jobs = max(1, cores // threads) if threads else cores
     return n_jobs, threads or max(1, cores // n_jobs)
 
 
@@ -486,7 +488,7 @@ def evaluate(
     ``backend``: ``loky`` (worker processes here), ``sequential`` (in this process), ``dask``
     (``address`` of a scheduler, or None for a LocalCluster of ``n_jobs`` one-thread workers),
     ``ray`` (``address`` of a cluster, or None to start one). ``n_jobs`` workers each use
-    ``threads`` torch threads; by default 1 worker x all local cores.
+    ``threads`` torch threads; by default one single-threaded worker per local core.
     """
     if backend not in BACKENDS:
         raise invalid("backend", backend, BACKENDS)
