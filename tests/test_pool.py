@@ -112,7 +112,7 @@ def test_default_workers_and_threads_never_oversubscribe():
     from joblib import cpu_count
 
     cores = cpu_count()
-    assert _resources("loky", None, None, remote=False) == (1, cores)
+    assert _resources("loky", None, None, remote=False) == (cores, 1)  # one single-threaded worker per core
     for n in range(1, cores + 1):
         workers, threads = _resources("loky", n, None, remote=False)
         assert workers == n and workers * threads <= cores
