@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attach import module_key
+from .attach import module_keys
 from .backbones import Backbone, backbone_info
 from .errors import DesignSpaceError
 from .model import PETModel
@@ -186,8 +186,9 @@ def lora_state_dict(plan: Plan, backbone: Backbone, pet_weights: dict[str, torch
     """Our LoRA weights (keyed as in ``pet.safetensors``: ``L3_lora.A.attn_q``) under peft's names, as
     ``get_peft_model_state_dict`` returns them (``base_model.model.<module>.lora_A.weight``)."""
     out = {}
+    keys = dict(zip(plan.modules, module_keys(plan), strict=True))
     for name, t in _targets(plan, backbone).items():
-        key = module_key(t.spec.layer, t.spec.strategy)
+        key = keys[t.spec]
         for ours, theirs in (("A", "lora_A"), ("B", "lora_B")):
             out[f"{PEFT_PREFIX}{name}.{theirs}.weight"] = pet_weights[f"{key}.{ours}.{t.role}"].detach().cpu().contiguous().clone()
     return out

@@ -135,9 +135,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _param_groups(model: PETModel, regime: Regime) -> list[dict]:
     groups: dict[str, list] = {}
-    for key, module in model.pet.pets.items():
-        strategy = key.split("_", 1)[1]
-        groups.setdefault(strategy, []).extend(p for p in module.parameters() if p.requires_grad)
+    for module in model.pet.pets.values():
+        groups.setdefault(module.strategy, []).extend(p for p in module.parameters() if p.requires_grad)
     groups["head"] = list(model.head.parameters())
     return [{"params": ps, "lr": regime.lr[s], "name": s} for s, ps in groups.items() if ps]
 

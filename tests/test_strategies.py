@@ -175,3 +175,33 @@ def test_unknown_strategy_is_a_one_line_error():
     with pytest.raises(DesignSpaceError, match="strategy='ia3' is invalid; allowed: .*lora") as err:
         registry.get("ia3")
     assert "\n" not in str(err.value)
+
+
+def test_adapter_on_attn_o_and_two_lora_modules_in_one_layer_attach_as_planned():
+    from designspace.attach import module_key
+    from designspace.plan import ModuleSpec, Plan
+    from designspace.train import Regime, _param_groups
+
+    backbone = tiny_backbone("bert")
+    layer = backbone.layers[1]
+
+    def spec(strategy, size, roles):
+        return ModuleSpec(1, strategy, size, roles, registry.get(strategy).cost(layer, size, roles))
+
+    modules = (spec("adapter", 2, ("attn_o",)), spec("adapter", 2, ("ffn_out",)),
+               spec("lora", 1, ("attn_q",)), spec("lora", 1, ("attn_k",)), spec("bitfit", 1, ("attn_v",)))
+    n = len(backbone.layers)
+    plan = Plan(backbone.name, n, backbone.n_params, 0.1, int(0.1 * backbone.n_params), modules, (1,) * n)
+    attn_o = layer.roles["attn_o"].module
+    hooks = len(attn_o._forward_hooks)
+    model = PETModel(backbone, plan, num_labels=2)
+    assert trainable(model.pet) == plan.params > 0
+    assert len(attn_o._forward_hooks) == hooks + 1  # the attention adapter sits on attn_o
+    assert set(model.pet.pets) == {"L1_adapter__attn_o", "L1_adapter", "L1_lora__attn_q",
+                                   "L1_lora__attn_k", "L1_bitfit"}
+    assert [p.strategy for p in model.pet.pets.values()] == [m.strategy for m in modules]
+    assert {g["name"] for g in _param_groups(model, Regime())} == {"adapter", "lora", "bitfit", "head"}
+    assert module_key(1, "adapter", ("ffn_out",)) == "L1_adapter"  # default roles: the old key
+    ids, mask = tiny_batch()
+    F.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0])).backward()
+    model.pet.detach()

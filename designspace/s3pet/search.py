@@ -16,7 +16,6 @@ import json
 import math
 import random
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbones import Backbone
-from ..data import collate, length_bucketed_batches, tokenise
+from ..data import collate, epoch_batches, length_bucketed_batches, tokenise
 from ..errors import DesignSpaceError, invalid
-from ..metrics import compute_metrics, main_score
 from ..plan import ModuleSpec, Plan
 from ..tasks import TaskSpec, get_task
-from ..train import Regime, TrialResult, evaluate_model, peak_memory_mb, versions
+from ..train import Regime, TrialResult, pad_token_id, train_design
 from .gates import Gates
 from .structure import (
     DEFAULT_SIZES,
@@ -153,14 +151,7 @@ class SearchResult:
         return paths
 
 
-# --- shared by the search and the retraining --------------------------------------------
-def epoch_batches(examples, batch_size: int, epochs: float, seed: int, max_steps: int | None = None) -> list:
-    """train_design's batch list: whole epochs of length-bucketed batches, cut to ``epochs``."""
-    per_epoch = [length_bucketed_batches(examples, batch_size, seed + e) for e in range(math.ceil(epochs))]
-    batches = [b for eb in per_epoch for b in eb][: max(1, round(epochs * len(per_epoch[0])))]
-    return batches[:max_steps] if max_steps else batches
-
-
+# --- the search ---------------------------------------------------------------------------
 def batch_loss(model: nn.Module, batch, spec: TaskSpec, pad_id: int, device) -> tuple[torch.Tensor, dict]:
     b = collate(batch, pad_id, device, spec.is_regression)
     out = model(b["input_ids"], b["attention_mask"])
@@ -169,12 +160,6 @@ def batch_loss(model: nn.Module, batch, spec: TaskSpec, pad_id: int, device) -> 
     return F.cross_entropy(out, b["labels"]), b
 
 
-def _pad_id(backbone: Backbone) -> int:
-    tok = backbone.tokenizer
-    return tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
-
-
-# --- the search ---------------------------------------------------------------------------
 def search(backbone: Backbone, config: SearchConfig, data_dir=None, hub: bool = False, progress=None) -> SearchResult:
     """Search ``config.space`` on ``backbone`` for ``config.task`` under ``config.budget``."""
     t_start = time.perf_counter()
@@ -203,7 +188,7 @@ def search(backbone: Backbone, config: SearchConfig, data_dir=None, hub: bool = 
 def _optimise(backbone, config, spec, cands, gates, history, data_dir, hub, progress) -> int:
     device = next(backbone.model.parameters()).device
     gates.to(device)
-    pad_id = _pad_id(backbone)
+    pad_id = pad_token_id(backbone)
     train = tokenise(spec, "train", backbone.tokenizer, config.max_length, config.n_train, config.seed, data_dir, hub)
     order = list(range(len(train)))
     random.Random(config.seed).shuffle(order)
@@ -298,64 +283,6 @@ def retrain(
     data_dir=None,
     hub: bool = False,
 ) -> TrialResult:
-    """Train ``plan``'s modules (only) from a fresh state on ``task`` and evaluate on dev.
-
-    The same procedure as :func:`designspace.train.train_design` (same data, batches, optimiser,
-    schedule and initialisation order: the same score for plans both can build), but the modules
-    are built by :class:`StructureModel`, which honours every module's roles (adapters after the
-    attention block included).
-    """
-    regime = regime or Regime()
-    spec = get_task(task)
-    data_seed = seed if data_seed is None else data_seed
-    device = next(backbone.model.parameters()).device
-    if regime.threads:
-        torch.set_num_threads(regime.threads)
-    result = TrialResult(status="ok", task=spec.name, seed=seed, plan_params=plan.params, versions=versions())
-    pad_id = _pad_id(backbone)
-    train = tokenise(spec, "train", backbone.tokenizer, regime.max_length, regime.n_train, data_seed, data_dir, hub)
-    dev = tokenise(spec, "dev", backbone.tokenizer, regime.max_length, regime.n_dev, 0, data_dir, hub)
-    result.n_train, result.n_dev = len(train), len(dev)
-    torch.manual_seed(seed)
-    model = StructureModel(backbone, plan.modules, spec.num_labels, plan.options)
-    try:
-        result.trainable_params = model.pet_params()
-        result.head_params = model.head_params()
-        opt = torch.optim.AdamW(model.param_groups(regime.lr), weight_decay=regime.weight_decay)
-        batches = epoch_batches(train, regime.batch_size, regime.epochs, data_seed, regime.max_steps)
-        from transformers import get_linear_schedule_with_warmup
-
-        sched = get_linear_schedule_with_warmup(opt, int(regime.warmup * len(batches)), len(batches))
-        params = model.trainable_parameters()
-        model.train()
-        backbone.model.eval()
-        t0 = time.perf_counter()
-        for step, batch in enumerate(batches):
-            loss, b = batch_loss(model, batch, spec, pad_id, device)
-            if not torch.isfinite(loss):
-                result.status, result.error = "diverged", f"loss became {loss.item()} at step {step}"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if regime.grad_clip:
-                nn.utils.clip_grad_norm_(params, regime.grad_clip)
-            opt.step()
-            sched.step()
-            result.steps = step + 1
-            result.tokens += int(b["attention_mask"].sum())
-            result.padded_tokens += b["attention_mask"].numel()
-            result.final_loss = float(loss.detach())
-        result.seconds_train = time.perf_counter() - t0
-        if result.status == "ok":
-            t0 = time.perf_counter()
-            preds, labels, _ = evaluate_model(model, dev, regime, pad_id, spec.is_regression, device)
-            result.seconds_eval = time.perf_counter() - t0
-            result.metrics = compute_metrics(spec, preds, labels)
-            result.score = main_score(spec, result.metrics)
-    except Exception as e:  # a failed trial is a result, recorded with its traceback
-        result.status, result.error = "failed", f"{type(e).__name__}: {e}"
-        result.traceback = traceback.format_exc()
-    finally:
-        result.peak_mem_mb = peak_memory_mb(device)
-        model.detach()
-    return result
+    """Train ``plan``'s modules (only) from a fresh state on ``task`` and evaluate on dev: the
+    structure is a plan like any other, trained by :func:`designspace.train.train_design`."""
+    return train_design(plan, backbone, task, regime, seed=seed, data_seed=data_seed, data_dir=data_dir, hub=hub)

@@ -6,9 +6,9 @@ A *candidate* is one strategy on one role of one layer, written as a single-role
 BitFit and LNFit candidates of a layer merged into one module each (as ``attach`` expects) and one
 adapter module per role.
 
-The core's ``attach`` cannot build an adapter after the attention block (``Adapter.build`` ignores
-roles and ``attach`` keys modules by (layer, strategy), so two adapters in a layer collide); the
-:class:`StructureModel` here builds plan modules itself and honours every module's roles.
+Structures are plain plans: the core's ``attach`` builds them (adapters after the attention block
+included) and ``train_design`` retrains them. :class:`StructureModel` is the search-time model: the
+candidates, each built by its strategy on its own role and optionally gated.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from ..errors import DesignSpaceError, invalid
 from ..model import PETModel
 from ..plan import ModuleSpec, Plan, compile_modules
 from ..strategies import PETModule, registry
-from ..strategies.adapter import AdapterModule
 from ..strategies.base import add_to_output
 from ..strategies.bitfit import distinct_modules
 from .gates import Gates
@@ -168,16 +167,6 @@ def manual_structure(
     )
 
 
-def build_module(layer: Layer, spec: ModuleSpec, options: dict) -> PETModule:
-    """The strategy's module for ``spec``, placed on ``spec.roles`` (adapters included)."""
-    if spec.strategy == "adapter":
-        (role,) = spec.roles
-        module = AdapterModule(layer.dim(role), spec.size, options.get("adapter_activation", "relu"))
-        module.role = role
-        return module
-    return registry.get(spec.strategy).build(layer, spec.size, spec.roles, options)
-
-
 def _targets(layer: Layer, spec: ModuleSpec) -> list[nn.Module]:
     return list(distinct_modules(layer, spec.roles).values())
 
@@ -226,7 +215,7 @@ class StructureModel(PETModel):
     ):
         options = dict(options or {})
         # Built before the head, as train_design builds its plan: same seed, same initial weights.
-        built = [build_module(backbone.layers[s.layer], s, options) for s in specs]
+        built = [registry.get(s.strategy).build(backbone.layers[s.layer], s.size, s.roles, options) for s in specs]
         super().__init__(backbone, empty_plan(backbone), num_labels)
         device = next(backbone.model.parameters()).device
         self.specs = tuple(specs)
@@ -245,14 +234,6 @@ class StructureModel(PETModel):
 
     def pet_params(self) -> int:
         return sum(m.effective_params() for m in self.structure)
-
-    def param_groups(self, lr: Mapping[str, float]) -> list[dict]:
-        """AdamW groups: one learning rate per strategy, and the head's."""
-        groups: dict[str, list] = {}
-        for spec, module in zip(self.specs, self.structure, strict=True):
-            groups.setdefault(spec.strategy, []).extend(p for p in module.parameters() if p.requires_grad)
-        groups["head"] = list(self.head.parameters())
-        return [{"params": ps, "lr": lr[s], "name": s} for s, ps in groups.items() if ps]
 
     def detach(self) -> None:
         for h in self._handles:

@@ -1,4 +1,5 @@
-"""Sequential bottleneck adapter (Houlsby et al., 2019) after the FFN output projection."""
+"""Sequential bottleneck adapter (Houlsby et al., 2019) after the FFN output projection (default) or
+after another hidden-state role such as ``attn_o`` (the module sits on ``roles[0]``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .base import PETModule, Strategy, add_to_output
 
 
 class AdapterModule(PETModule):
-    def __init__(self, dim: int, bottleneck: int, activation: str = "relu"):
+    def __init__(self, dim: int, bottleneck: int, activation: str = "relu", role: str = "ffn_out"):
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
@@ -20,7 +21,7 @@ class AdapterModule(PETModule):
         nn.init.normal_(self.down.weight, std=0.02)
         nn.init.zeros_(self.down.bias)
         self.act = {"relu": nn.ReLU(), "gelu": nn.GELU(), "silu": nn.SiLU()}[activation]
-        self.role = "ffn_out"
+        self.role = role
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.up(self.act(self.down(h)))
@@ -37,12 +38,17 @@ class Adapter(Strategy):
     size_name = "bottleneck"
     default_roles = ("ffn_out",)
 
+    @staticmethod
+    def _role(roles) -> str:
+        return roles[0] if roles else Adapter.default_roles[0]
+
     def base_cost(self, layer: Layer, roles) -> int:
-        return layer.dim("ffn_out")  # the up-projection's bias
+        return layer.dim(self._role(roles))  # the up-projection's bias
 
     def unit_cost(self, layer: Layer, roles) -> int:
-        d = layer.dim("ffn_out")
+        d = layer.dim(self._role(roles))
         return 2 * d + 1  # one down row + its bias, one up column
 
     def build(self, layer: Layer, size: int, roles, options: dict) -> PETModule:
-        return AdapterModule(layer.dim("ffn_out"), size, options.get("adapter_activation", "relu"))
+        role = self._role(roles)
+        return AdapterModule(layer.dim(role), size, options.get("adapter_activation", "relu"), role)
