@@ -23,3 +23,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    """A 4-layer, 32-wide random BERT next to MiniLM's tokenizer: load_backbone(path) works unchanged."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    from designspace.backbones.offline import resolve_backbone_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    source = Path(resolve_backbone_path("minilm-l6"))
+    for name in ("special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(source / name, folder / name)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(folder)
+    return str(folder)

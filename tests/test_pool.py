@@ -39,23 +39,8 @@ TOO_SMALL = Design(budget=1e-5)  # 10 parameters: no module fits
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> str:
-    """A 4-layer, 32-wide random BERT next to MiniLM's tokenizer: load_backbone(path) works unchanged."""
-    import torch
-    import transformers
-
-    from designspace.backbones.offline import resolve_backbone_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    source = Path(resolve_backbone_path("minilm-l6"))
-    for name in ("special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy(source / name, folder / name)
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(folder)
-    return str(folder)
+def backbone(tiny_bert_dir) -> str:
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="module")

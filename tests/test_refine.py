@@ -140,3 +140,38 @@ def test_strategy_stage_of_an_untuned_group_is_skipped(tmp_path):
     assert refiner.store.meta_get("skipped:4-strategies.G1")
     assert refiner.skip_untuned(4, "strategies.G2", space) is None  # G2 is tuned: a real stage
     assert refiner.skip_untuned(0, "grouping", space) is None
+
+
+def test_refinement_with_racing_runs_end_to_end_and_resumes(tmp_path, tiny_bert_dir):
+    from designspace.refine import status
+    from designspace.report import render
+    from designspace.train import Regime
+
+    exp = Experiment(
+        name="racing",
+        backbone=tiny_bert_dir,
+        tasks=("sst2",),
+        budget=0.05,
+        regime=Regime(n_train=32, n_dev=32, batch_size=16, max_length=32),
+        space=DesignSpace(groupings=("spindle", "uniform"), allocations=("uniform",), budget=0.05),
+        stages=("grouping",),
+        designs_per_choice=1,
+        racing=True,
+        max_designs_per_choice=3,
+        replicates=1,
+        backend="sequential",
+        output=str(tmp_path / "out"),
+    )
+    store = TrialStore(exp.store_path)
+    design = Refiner(exp, store=store, log=lambda m: None).run()
+    assert design.grouping in ("spindle", "uniform") and (tmp_path / "out" / "design.yaml").is_file()
+    decision = store.meta_get("decision:1-grouping")
+    counts = {c["choice"]: c["n"] for c in decision["choices"]}
+    separated_ci = decision["choices"][0]["ci"][0] > decision["choices"][1]["ci"][1]
+    # Racing adds designs to the two leaders until their CIs separate or the cap is reached.
+    assert separated_ci or min(counts.values()) == 3
+    n_trials = len(store.trials())
+    Refiner(exp, store=store, log=lambda m: None).run()  # a rerun resumes: nothing left to run
+    assert len(store.trials()) == n_trials
+    assert "all stages decided" in status(exp)
+    assert "Decision:" in render(exp, store)
