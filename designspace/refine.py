@@ -160,6 +160,14 @@ class Refiner:
                 by_choice[_fmt_choice(d.choice(component))].append(scores[d.id])
         # Noise pooled over every replicated design so far (all stages share backbone and regime).
         noise = replicate_noise(self.store.trials(), e.tasks, prior=e.prior_noise_sd)
+        if not by_choice:
+            from .errors import DesignSpaceError
+
+            errors = sorted({str(r.get("error")) for r in rows if r["status"] != "ok"})
+            raise DesignSpaceError(
+                f"stage {component}: no trial finished ok ({len(rows)} trials); first error: {errors[0] if errors else '-'}; "
+                f"see `designspace status` and the store {self.exp.store_path}"
+            )
         decision = compare(component, by_choice, noise_sd=noise)
         failed = sum(1 for r in rows if r["status"] != "ok")
         if failed:
@@ -168,8 +176,20 @@ class Refiner:
         return decision
 
     # --- all stages -----------------------------------------------------------------------
+    def check_data(self) -> None:
+        """Fail before any training when a task's files are missing (one line: where it looked)."""
+        from .errors import DesignSpaceError
+        from .tasks import _HOW_TO_POINT, split_path
+
+        for task in self.exp.tasks:
+            for split in ("train", "dev"):
+                path = split_path(task, split, self.exp.data_dir)
+                if not path.is_file():
+                    raise DesignSpaceError(f"GLUE file for {task} {split} not found: {path}; {_HOW_TO_POINT}")
+
     def run(self) -> Design:
         e = self.exp
+        self.check_data()
         e.out_dir.mkdir(parents=True, exist_ok=True)
         (e.out_dir / "experiment.json").write_text(json.dumps(e.to_dict(), indent=1) + "\n")
         self.store.meta_set("experiment", e.to_dict())

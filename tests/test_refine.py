@@ -175,3 +175,21 @@ def test_refinement_with_racing_runs_end_to_end_and_resumes(tmp_path, tiny_bert_
     assert len(store.trials()) == n_trials
     assert "all stages decided" in status(exp)
     assert "Decision:" in render(exp, store)
+
+
+def test_missing_data_fails_before_any_work_and_all_failed_stage_is_a_clear_error(tmp_path, tiny_bert_dir):
+    from designspace.errors import DesignSpaceError
+    from designspace.train import Regime
+
+    exp = Experiment(name="bad", backbone=tiny_bert_dir, tasks=("sst2",), data_dir=str(tmp_path / "nowhere"),
+                     output=str(tmp_path / "out"), backend="sequential")
+    with pytest.raises(DesignSpaceError, match="nowhere/SST-2/train.tsv"):
+        Refiner(exp, log=lambda m: None).run()
+    assert not (tmp_path / "out" / "trials.sqlite").exists()
+    # Every design is infeasible at this budget: the stage stops with one line, not a traceback.
+    exp = Experiment(name="tiny-budget", backbone=tiny_bert_dir, tasks=("sst2",), budget=1e-6,
+                     regime=Regime(n_train=16, n_dev=16), space=DesignSpace(groupings=("uniform", "spindle"), budget=1e-6),
+                     stages=("grouping",), designs_per_choice=1, replicates=0, output=str(tmp_path / "out2"),
+                     backend="sequential")
+    with pytest.raises(DesignSpaceError, match="no trial finished ok.*too small"):
+        Refiner(exp, log=lambda m: None).run()
