@@ -46,3 +46,20 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def glue_root():
+    """The real GLUE folder. Missing locally: the real-data tests skip; missing in CI: they fail,
+    so a green CI run always means the readers and trainers ran on the real files."""
+    import os
+
+    from designspace.tasks import resolve_data_dir
+
+    d = resolve_data_dir()
+    if not all((d / t / "train.tsv").is_file() for t in ("SST-2", "CoLA", "MRPC", "RTE", "STS-B")):
+        message = f"GLUE data not found at {d}; set DESIGNSPACE_GLUE_DIR"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return d

@@ -25,7 +25,6 @@ from designspace.errors import DesignSpaceError
 from designspace.pool import CRASH_TASK, TrialSpec, _resources, evaluate
 from designspace.space import Design
 from designspace.store import TrialStore
-from designspace.tasks import resolve_data_dir
 from designspace.train import Regime
 
 REGIME = Regime(n_train=64, n_dev=64, batch_size=16)
@@ -44,15 +43,13 @@ def backbone(tiny_bert_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
+def data_dir(tmp_path_factory, glue_root) -> str:
     """Real GLUE rows: SST-2 (first 1000 training rows, full dev) and an STS-B whose scores are 1e30.
 
     The SST-2 cut keeps each trial at a second: subsampling the full 67k-row file costs ~10 s.
     An STS-B score of 1e30 makes the squared error overflow float32 at the first step: a loss of inf.
     """
-    glue = resolve_data_dir()
-    if not (glue / "SST-2" / "train.tsv").is_file() or not (glue / "STS-B" / "train.tsv").is_file():
-        pytest.skip(f"GLUE data not found in {glue}")
+    glue = glue_root
     out = tmp_path_factory.mktemp("glue")
     (out / "SST-2").mkdir()
     lines = (glue / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)

@@ -19,7 +19,6 @@ from designspace.s3pet import (
     heatmap_data,
     manual_structure,
     random_structure,
-    retrain,
     run_search_experiment,
     search,
     solve_shift,
@@ -245,11 +244,11 @@ def test_search_runs_end_to_end_under_the_budget(bert, glue_dir, order):
     assert top in res.chosen or res.candidates[top].params > res.plan.budget_params
     heat = heatmap_data(res.candidates, res.p, res.chosen)
     assert len(heat["p"]) == len(heat["rows"]) == 16 and len(heat["p"][0]) == 4
-    r = retrain(bert, res.plan, "sst2", Regime(n_train=64, n_dev=40, batch_size=8), seed=0, data_dir=glue_dir)
+    r = train_design(res.plan, bert, "sst2", Regime(n_train=64, n_dev=40, batch_size=8), seed=0, data_dir=glue_dir)
     assert r.status == "ok" and r.trainable_params == res.plan.params and r.score is not None
 
 
-def test_retrain_is_train_design_for_plans_both_can_build(bert, glue_dir):
+def test_mixed_structures_retrain_through_train_design_deterministically(bert, glue_dir):
     specs = (
         ModuleSpec(0, "lora", 1, ("attn_q", "attn_v"), 2 * 64),
         ModuleSpec(1, "bitfit", 1, ("attn_o", "ffn_in"), 32 + 48),
@@ -258,11 +257,11 @@ def test_retrain_is_train_design_for_plans_both_can_build(bert, glue_dir):
     )
     plan = Plan(bert.name, 4, bert.n_params, 0.01, int(0.01 * bert.n_params), specs, (1,) * 4)
     regime = Regime(n_train=48, n_dev=40, batch_size=8)
-    ours = retrain(bert, plan, "sst2", regime, seed=3, data_dir=glue_dir)
-    core = train_design(plan, bert, "sst2", regime, seed=3, data_dir=glue_dir)
-    assert ours.status == core.status == "ok"
-    assert ours.final_loss == pytest.approx(core.final_loss, rel=1e-5)
-    assert ours.score == core.score and ours.trainable_params == core.trainable_params
+    ours = train_design(plan, bert, "sst2", regime, seed=3, data_dir=glue_dir)
+    again = train_design(plan, bert, "sst2", regime, seed=3, data_dir=glue_dir)
+    assert ours.status == again.status == "ok"
+    assert ours.final_loss == pytest.approx(again.final_loss, rel=1e-5)
+    assert ours.score == again.score and ours.trainable_params == again.trainable_params == plan.params
 
 
 def test_experiment_writes_tables_and_resumes(bert, glue_dir, tmp_path, monkeypatch):

@@ -27,11 +27,8 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def data_dir():
-    d = resolve_data_dir()
-    if not (d / "RTE" / "dev.tsv").is_file():
-        pytest.skip(f"GLUE data not found at {d}")
-    return d
+def data_dir(glue_root):
+    return glue_root
 
 
 @pytest.mark.parametrize("alias,name", [

@@ -9,7 +9,6 @@ import torch
 
 from designspace import PRESETS, compile
 from designspace.data import epoch_batches, length_bucketed_batches, tokenise
-from designspace.tasks import resolve_data_dir
 from designspace.train import Regime, train_design
 
 # One thread: on a shared 2-core machine two threads wait on each other between every small op.
@@ -17,12 +16,9 @@ SHORT = Regime(n_train=200, n_dev=100, threads=1)
 
 
 @pytest.fixture(scope="module")
-def minilm():
+def minilm(glue_root):
     from designspace.backbones import load_backbone
 
-    d = resolve_data_dir()
-    if not (d / "SST-2" / "train.tsv").is_file() or not (d / "STS-B" / "train.tsv").is_file():
-        pytest.skip(f"GLUE data not found at {d}")
     return load_backbone("minilm-l6", device="cpu")
 
 

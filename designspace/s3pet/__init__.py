@@ -2,14 +2,14 @@
 
 ``search(backbone, SearchConfig(...))`` learns one gate per candidate (strategy x role x layer),
 keeps the expected cost on the budget, and discretises the gates into a structure (a
-:class:`~designspace.plan.Plan`); ``retrain`` trains that structure from a fresh state;
+:class:`~designspace.plan.Plan`); ``designspace.train.train_design`` trains that structure (a plan like any other) from a fresh state;
 ``random_structure`` and ``manual_structure`` give the baselines at the same budget;
 ``run_search_experiment`` runs a YAML experiment of all of these.
 """
 
 from .experiment import run_search_experiment
 from .gates import Gates, solve_shift
-from .search import SearchConfig, SearchResult, retrain, search
+from .search import SearchConfig, SearchResult, search
 from .structure import (
     DEFAULT_SPACE,
     StructureModel,
@@ -25,7 +25,6 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "search",
-    "retrain",
     "random_structure",
     "manual_structure",
     "candidate_specs",

@@ -21,8 +21,8 @@ from pathlib import Path
 from ..errors import DesignSpaceError, invalid
 from ..plan import Plan
 from ..space import load_yaml
-from ..train import Regime
-from .search import SearchConfig, retrain, search
+from ..train import Regime, train_design
+from .search import SearchConfig, search
 from .structure import manual_structure, plot_heatmap, random_structure
 
 KEYS = {"backbone", "tasks", "budgets", "seeds", "regime", "search", "baselines", "baseline_seeds", "output",
@@ -164,7 +164,7 @@ def _retrain_row(backbone, plan, method: str, extra: dict, ctx: tuple, out: Path
     if plan.modules in trained:
         prior = trained[plan.modules]
         return {**prior, **extra, "method": method, "note": f"same structure as {prior['method']}"}
-    r = retrain(backbone, plan, task, regime, seed=seed, data_dir=data_dir)
+    r = train_design(plan, backbone, task, regime, seed=seed, data_dir=data_dir)
     row = {"task": task, "budget": budget, "seed": seed, "method": method, "status": r.status, "score": r.score,
            "params": plan.params, "budget_params": plan.budget_params,
            "within_budget": int(plan.params <= plan.budget_params), "train_seconds": round(r.seconds_train, 2),

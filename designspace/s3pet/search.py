@@ -28,7 +28,7 @@ from ..data import collate, epoch_batches, length_bucketed_batches, tokenise
 from ..errors import DesignSpaceError, invalid
 from ..plan import ModuleSpec, Plan
 from ..tasks import TaskSpec, get_task
-from ..train import Regime, TrialResult, pad_token_id, train_design
+from ..train import pad_token_id
 from .gates import Gates
 from .structure import (
     DEFAULT_SIZES,
@@ -270,19 +270,3 @@ def _unrolled_gate_grad(model, weights, gates, train_batch, val_batch, spec, pad
             w.copy_(b)
     gates.alpha.grad = d_alpha - xi * (hessian[0] - hessian[1]) / (2 * eps)
     return loss_val.detach()
-
-
-# --- retraining a structure ---------------------------------------------------------------
-def retrain(
-    backbone: Backbone,
-    plan: Plan,
-    task: str,
-    regime: Regime | None = None,
-    seed: int = 0,
-    data_seed: int | None = None,
-    data_dir=None,
-    hub: bool = False,
-) -> TrialResult:
-    """Train ``plan``'s modules (only) from a fresh state on ``task`` and evaluate on dev: the
-    structure is a plan like any other, trained by :func:`designspace.train.train_design`."""
-    return train_design(plan, backbone, task, regime, seed=seed, data_seed=data_seed, data_dir=data_dir, hub=hub)

@@ -7,23 +7,26 @@ the attach step checks that on the real model.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import nn
 
 from ..backbones.roles import Layer
 
 
-class PETModule(nn.Module):
+class PETModule(nn.Module, ABC):
     """A strategy's parameters for one layer. ``attach`` registers hooks and returns their handles."""
 
-    def attach(self, layer: Layer) -> list:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def attach(self, layer: Layer) -> list:
+        """Register the hooks that route this module into ``layer``; return removable handles."""
 
     def effective_params(self) -> int:
         """Parameters that a saved copy holds (training-only reparameterisations excluded)."""
         return sum(p.numel() for p in self.parameters())
 
 
-class Strategy:
+class Strategy(ABC):
     name: str = ""
     sized: bool = True
     size_name: str = "size"
@@ -34,9 +37,9 @@ class Strategy:
         """Parameters that do not grow with size (for example an adapter's output bias)."""
         return 0
 
+    @abstractmethod
     def unit_cost(self, layer: Layer, roles: tuple[str, ...]) -> int:
-        """Parameters added by one more unit of size."""
-        raise NotImplementedError  # pragma: no cover - interface
+        """Parameters added by one more unit of size (0 for fixed-cost strategies)."""
 
     def cost(self, layer: Layer, size: int, roles: tuple[str, ...] | None = None) -> int:
         roles = tuple(roles or self.default_roles)
@@ -46,8 +49,9 @@ class Strategy:
             return self.base_cost(layer, roles)
         return self.base_cost(layer, roles) + size * self.unit_cost(layer, roles)
 
+    @abstractmethod
     def build(self, layer: Layer, size: int, roles: tuple[str, ...], options: dict) -> PETModule:
-        raise NotImplementedError  # pragma: no cover - interface
+        """The module of this strategy for ``layer`` at ``size`` on ``roles``."""
 
 
 def add_to_output(output, delta_fn):
