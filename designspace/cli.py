@@ -1,4 +1,4 @@
-"""``designspace`` command line: refine, status, report, sample, show, train, plot, search, apply, export."""
+"""``designspace`` command line: refine, status, report, plot, sample, show, train, search, apply, export."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ def _experiment(args):
     )
 
 
+def _role_map(args) -> dict | None:
+    if not getattr(args, "role_map", None):
+        return None
+    from .backbones.roles import RoleMap
+
+    return RoleMap.load(args.role_map).to_dict()
+
+
+def _budget(args, default=None):
+    from .plan import DEFAULT_BUDGET, check_budget
+
+    if args.budget is None:
+        return DEFAULT_BUDGET if default is None else default
+    return check_budget(args.budget, "--budget")
+
+
 def cmd_refine(args) -> int:
     from .refine import Refiner
     from .report import write_report
@@ -30,7 +46,7 @@ def cmd_refine(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .refine import status
+    from .report import status
 
     print(status(_experiment(args)))
     return 0
@@ -39,17 +55,17 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    exp = _experiment(args)
-    path = write_report(exp)
+    path = write_report(_experiment(args))
     print(path.read_text())
     print(f"(written to {path})", file=sys.stderr)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .space import DesignSpace, load_yaml
+    from .files import load_yaml
+    from .space import DesignSpace
 
-    space = DesignSpace(budget=args.budget)
+    space = DesignSpace()
     if args.space:
         data = load_yaml(args.space)
         space = DesignSpace.from_dict(data.get("space", data), source=args.space)
@@ -60,11 +76,12 @@ def cmd_sample(args) -> int:
 
 def cmd_show(args) -> int:
     from .backbones import backbone_info
-    from .plan import compile
-    from .space import load_design
+    from .files import load_design_file
+    from .plan import compile_plan
 
-    design = load_design(args.design)
-    plan = compile(design, backbone_info(args.backbone), budget=args.budget)
+    design, found_at = load_design_file(args.design)
+    budget = _budget(args, found_at)
+    plan = compile_plan(design, backbone_info(args.backbone, role_map=_role_map(args)), budget)
     print(f"design {design.id}: {design.describe()}")
     print(plan.table())
     if args.save:
@@ -75,21 +92,26 @@ def cmd_show(args) -> int:
 
 def cmd_train(args) -> int:
     from .backbones import load_backbone
-    from .space import load_design
-    from .train import Regime, train_design
+    from .backbones.offline import check_backbone_name
+    from .files import load_design_file
+    from .regime import Regime
+    from .train import train_design
 
-    design = load_design(args.design)
-    if args.budget:
-        design = design.with_budget(args.budget)
+    design, found_at = load_design_file(args.design)
+    budget = _budget(args, found_at)
     regime = Regime(n_train=args.n_train, n_dev=args.n_dev, epochs=args.epochs)
-    bb = load_backbone(args.backbone)
-    res = train_design(design, bb, args.task, regime, seed=args.seed, data_dir=args.data_dir)
-    print(json.dumps(res.to_dict() | {"traceback": None}, indent=1))
-    return 0 if res.status == "ok" else 1
+    check_backbone_name(args.backbone)
+    bb = load_backbone(args.backbone, role_map=_role_map(args))
+    res = train_design(design, bb, args.task, regime, seed=args.seed, budget=budget, data_dir=args.data_dir)
+    out = res.to_dict()
+    out.pop("traceback", None)
+    out.pop("predictions", None)
+    print(json.dumps(out, indent=1, default=str))
+    return 0 if res.ok else 1
 
 
 def cmd_plot(args) -> int:
-    from analysis.figures import plot_results  # provided by analysis/
+    from .analysis.figures import plot_results
 
     for path in plot_results(args.results, formats=tuple(args.formats.split(","))):
         print(path)
@@ -99,7 +121,7 @@ def cmd_plot(args) -> int:
 def cmd_search(args) -> int:
     from .s3pet import run_search_experiment
 
-    run_search_experiment(args.experiment)
+    run_search_experiment(args.experiment, data_dir=args.data_dir, output=args.output, role_map=_role_map(args))
     return 0
 
 
@@ -132,36 +154,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=["loky", "sequential", "dask", "ray"])
     s.add_argument("--jobs", type=int, help="worker processes")
     exp_cmd("status", cmd_status, "stage, trials done and failed, ETA")
-    exp_cmd("report", cmd_report, "write report.md with every decision, its CI and test")
-    exp_cmd("search", cmd_search, "S3PET sparse structure search")
+    exp_cmd("report", cmd_report, "write report.md with every decision, its interval and what it means")
+    s = exp_cmd("search", cmd_search, "S3PET sparse structure search")
+    s.add_argument("--role-map", help="YAML/JSON role map for a family without a built-in one")
 
     s = sub.add_parser("sample", help="draw designs from a space")
     s.add_argument("-n", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--budget", type=float, default=0.005)
     s.add_argument("--space", help="YAML with a space: mapping (default: the full space)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_sample)
 
+    presets = "preset (s4, all-lora, all-adapter, all-prefix, all-bitfit, unipelt, mam)"
     s = sub.add_parser("show", help="a design's plan, layer by layer")
-    s.add_argument("design", help="design YAML/JSON file or preset (s4, all-lora, all-adapter, all-prefix, all-bitfit)")
+    s.add_argument("design", help=f"design YAML/JSON file or {presets}")
     s.add_argument("--backbone", default="minilm-l6")
-    s.add_argument("--budget", type=float)
+    s.add_argument("--budget", type=float, help="fraction of the backbone (default: the design file's, else 0.005)")
+    s.add_argument("--role-map", help="YAML/JSON role map for a family without a built-in one")
     s.add_argument("--save", help="write the plan JSON here")
     s.set_defaults(fn=cmd_show)
 
-    for name, fn, help_ in (("train", cmd_train, "train one design briefly and print its metrics"),):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("design")
-        s.add_argument("--backbone", default="minilm-l6")
-        s.add_argument("--task", default="sst2")
-        s.add_argument("--budget", type=float)
-        s.add_argument("--n-train", type=int, default=2000)
-        s.add_argument("--n-dev", type=int)
-        s.add_argument("--epochs", type=float, default=1.0)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--data-dir")
-        s.set_defaults(fn=fn)
+    s = sub.add_parser("train", help="train one design briefly and print its metrics")
+    s.add_argument("design", help=f"design YAML/JSON file or {presets}")
+    s.add_argument("--backbone", default="minilm-l6")
+    s.add_argument("--task", default="sst2")
+    s.add_argument("--budget", type=float, help="fraction of the backbone (default: the design file's, else 0.005)")
+    s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--n-dev", type=int)
+    s.add_argument("--epochs", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-dir")
+    s.add_argument("--role-map", help="YAML/JSON role map for a family without a built-in one")
+    s.set_defaults(fn=cmd_train)
 
     from .apply import add_apply_arguments
 
@@ -189,7 +213,7 @@ def main(argv=None) -> int:
         print(f"designspace: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("designspace: interrupted; finished trials are in the store, rerun the same command to resume",
+        print("designspace: stopped; finished trials are in the store, rerun the same command to resume",
               file=sys.stderr)
         return 130
 

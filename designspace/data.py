@@ -22,10 +22,40 @@ class Example:
     idx: int
 
 
-def split_dataset(task: TaskSpec, split: str, data_dir=None, hub: bool = False):
-    key = (task.name, split, str(data_dir), hub)
+#: The selection split is carved from train with this seed, whatever the data seed: every trial of an
+#: experiment is scored on the same examples, and no trial ever trains on them.
+SELECTION_SEED = 20230501
+
+
+def split_dataset(task: TaskSpec, split: str, data_dir=None, hub: bool = False, n_select: int = 0):
+    """A split as a dataset: 'dev', 'select' (``n_select`` examples carved from train) or 'train'
+    (train without the selection examples)."""
+    key = (task.name, split, str(data_dir), hub, n_select)
     if key not in _SPLITS:
-        _SPLITS[key] = load_task_dataset(task, split, data_dir=data_dir, hub=hub)
+        if split == "dev":
+            _SPLITS[key] = load_task_dataset(task, "dev", data_dir=data_dir, hub=hub)
+        else:
+            train = _train(task, data_dir, hub)
+            if not n_select:
+                _SPLITS[key] = train
+            else:
+                if n_select >= len(train):
+                    from .errors import invalid
+
+                    raise invalid("selection", n_select, f"fewer than the {len(train)} training examples of {task.name}")
+                chosen = subsample(train, n_select, seed=SELECTION_SEED, stratify=not task.is_regression)
+                if split == "select":
+                    _SPLITS[key] = chosen
+                else:
+                    taken = set(chosen["idx"])
+                    _SPLITS[key] = train.select([i for i, x in enumerate(train["idx"]) if x not in taken])
+    return _SPLITS[key]
+
+
+def _train(task: TaskSpec, data_dir, hub: bool):
+    key = (task.name, "train", str(data_dir), hub, None)
+    if key not in _SPLITS:
+        _SPLITS[key] = load_task_dataset(task, "train", data_dir=data_dir, hub=hub)
     return _SPLITS[key]
 
 
@@ -38,13 +68,17 @@ def tokenise(
     seed: int = 0,
     data_dir=None,
     hub: bool = False,
+    n_select: int = 0,
 ) -> list[Example]:
-    """The split (or a seeded, stratified subsample of ``n``) as token ids, truncated to ``max_length``."""
+    """The split (or a seeded, stratified subsample of ``n``) as token ids, truncated to ``max_length``.
+
+    ``split``: 'train', 'dev' or 'select'; with ``n_select`` > 0 the selection examples are carved
+    from train first, and 'train' never holds them."""
     spec = get_task(task)
-    ds = split_dataset(spec, split, data_dir, hub)
+    ds = split_dataset(spec, split, data_dir, hub, n_select)
     if n is not None and n < len(ds):
         ds = subsample(ds, n, seed=seed, stratify=not spec.is_regression)
-    key = (spec.name, split, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length, tuple(ds["idx"]))  # noqa: E501
+    key = (spec.name, split, getattr(tokenizer, "name_or_path", id(tokenizer)), max_length, tuple(ds["idx"]))
     if key in _TOKENISED:
         return _TOKENISED[key]
     a = list(ds["text_a"])

@@ -1,56 +1,115 @@
-"""Experiment files: one YAML names the backbone, tasks, data, budget, regime, stages and engine."""
+"""Experiment files: one YAML names the backbone, tasks, data, budget, regime, space, stages, the
+statistics of each stage and the engine. Loading one needs no torch; ``check_backbone`` (before any
+work) does."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import DesignSpaceError, invalid
-from .space import DesignSpace, load_yaml
-from .train import Regime
-
-DEFAULT_STAGES = (
-    "grouping",
-    "allocation",
-    "tuned_groups",
-    "strategies.G1",
-    "strategies.G2",
-    "strategies.G3",
-    "strategies.G4",
+from .errors import (
+    DesignSpaceError,
+    check_choice,
+    check_float,
+    check_int,
+    check_keys,
+    invalid,
+    with_source,
 )
+from .files import load_yaml
+from .plan import DEFAULT_BUDGET, check_budget, check_options
+from .pool.engines import BACKENDS
+from .regime import Regime
+from .space import DesignSpace
+from .trial import TrialSpec
+
+DECISIONS = ("greedy", "joint")
+#: Fields that say how to run, not what: changing them under an existing store is fine.
+HOW_FIELDS = ("name", "backend", "n_jobs", "threads", "address", "retries", "output", "source")
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """Everything a refinement needs. ``designs_per_choice`` may be ``auto``: sized from the noise."""
+    """Everything a refinement needs.
+
+    Paired stages: each round of a stage trains every remaining choice of its component on ``blocks``
+    base designs (``auto``: as many as the measured paired noise needs for an interval half-width of
+    ``resolution`` points), each design with ``seeds_per_design`` seeds averaged. A stage stops when one
+    choice is left, when the survivors are within ``margin`` points of each other (a tie), or after
+    ``max_rounds`` rounds. ``alpha`` is the chance, over the whole stage, of any wrong "worse than the
+    best" claim. Decisions read a ``selection`` split carved from the training file; GLUE dev is only
+    read for final reports.
+    """
 
     name: str
     backbone: str = "minilm-l6"
+    role_map: dict | None = None
     tasks: tuple[str, ...] = ("sst2",)
     data_dir: str | None = None
-    budget: float = 0.005
+    budget: float = DEFAULT_BUDGET
+    options: dict = field(default_factory=dict)
     regime: Regime = field(default_factory=Regime)
+    selection: int = 1000
     space: DesignSpace = field(default_factory=DesignSpace)
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    designs_per_choice: int | str = 2
-    #: for ``auto``: the smallest score difference (points) worth detecting, the cap, and a prior noise
-    effect: float = 1.0
-    max_designs_per_choice: int = 8
-    prior_noise_sd: float = 2.3
-    replicates: int = 2  # designs per stage also run with extra seeds, to measure per-design noise
-    replicate_seeds: tuple[int, ...] = (1,)
-    seed: int = 0  # init seed of every design; with data_seed fixed, comparisons are paired
+    stages: tuple[str, ...] = ()
+    blocks: int | str = 4
+    resolution: float = 1.0
+    max_rounds: int = 3
+    max_blocks: int = 32
+    seeds_per_design: int = 1
+    alpha: float = 0.05
+    margin: float = 0.5
+    decision: str = "greedy"
+    seed: int = 0
     data_seed: int = 0
-    racing: bool = False
-    racing_batch: int = 1
     backend: str = "loky"
     n_jobs: int | None = None
     threads: int | None = None
     address: str | None = None
     retries: int = 1
     output: str | None = None
+    scorer: dict | None = None  # {synthetic: {...}}: a known truth instead of training (tests, calibration)
     source: str | None = None
 
+    def __post_init__(self):
+        src = self.source
+        if not self.stages:
+            object.__setattr__(self, "stages", tuple(self.space.components()))
+        for s in self.stages:
+            if s not in self.space.components():
+                raise invalid("stages", s, self.space.components(), src)
+        object.__setattr__(self, "budget", check_budget(self.budget, source=src))
+        object.__setattr__(self, "options", check_options(self.options, src))
+        if not self.tasks:
+            raise invalid("tasks", [], "at least one GLUE task", src)
+        from .tasks import get_task
+
+        try:
+            object.__setattr__(self, "tasks", tuple(dict.fromkeys(get_task(t).name for t in self.tasks)))
+        except DesignSpaceError as e:
+            raise with_source(e, src) from None
+        if not (self.blocks == "auto" or isinstance(self.blocks, int) and not isinstance(self.blocks, bool)
+                and self.blocks >= 2):
+            raise invalid("blocks", self.blocks, "an integer >= 2 or 'auto'", src)
+        check_int(self.selection, "selection", 0, source=src)
+        check_float(self.resolution, "resolution", 0.0, open_low=True, source=src)
+        check_int(self.max_rounds, "max_rounds", 1, 20, source=src)
+        check_int(self.max_blocks, "max_blocks", 2, source=src)
+        check_int(self.seeds_per_design, "seeds_per_design", 1, 10, source=src)
+        check_float(self.alpha, "alpha", 0.0, 0.5, open_low=True, source=src)
+        check_float(self.margin, "margin", 0.0, source=src)
+        check_choice(self.decision, "decision", DECISIONS, src)
+        check_int(self.seed, "seed", 0, source=src)
+        check_int(self.data_seed, "data_seed", 0, source=src)
+        check_choice(self.backend, "backend", BACKENDS, src)
+        check_int(self.n_jobs, "n_jobs", 1, none=True, source=src)
+        check_int(self.threads, "threads", 1, none=True, source=src)
+        check_int(self.retries, "retries", 0, source=src)
+        if self.scorer is not None:
+            check_keys(self.scorer, ("synthetic",), "scorer.", src)
+
+    # --- where ---------------------------------------------------------------------------------
     @property
     def out_dir(self) -> Path:
         return Path(self.output or f"results/{self.name}")
@@ -59,54 +118,99 @@ class Experiment:
     def store_path(self) -> Path:
         return self.out_dir / "trials.sqlite"
 
+    # --- identity ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         d["regime"] = self.regime.to_dict()
         d["space"] = self.space.to_dict()
-        d.pop("source")
+        for k in ("tasks", "stages"):
+            d[k] = list(d[k])
         return d
 
+    def identity(self) -> dict:
+        """What the results depend on: the store remembers it, and refuses a changed experiment."""
+        return {k: v for k, v in self.to_dict().items() if k not in HOW_FIELDS}
+
+    def changed_field(self, stored: dict) -> str | None:
+        """The first field whose value differs from ``stored`` (an identity saved earlier), or None."""
+        mine = self.identity()
+        for k in sorted(set(mine) | set(stored)):
+            if mine.get(k) != stored.get(k):
+                return k
+        return None
+
+    # --- trials ---------------------------------------------------------------------------------
+    def spec(self, design, task: str, seed: int, eval_split: str = "select", regime: Regime | None = None,
+             label: str = "", **ids) -> TrialSpec:
+        """The trial of ``design`` on ``task`` with ``seed``: everything else from this experiment."""
+        return TrialSpec(
+            task=task, design=design, budget=self.budget, seed=seed, data_seed=self.data_seed,
+            regime=regime or self.regime, backbone=self.backbone, data_dir=self.data_dir,
+            eval_split=eval_split if self.selection else "dev", n_select=self.selection,
+            options=self.options, role_map=self.role_map, label=label, **ids,
+        )
+
+    # --- files ------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> Experiment:
-        known = set(cls.__dataclass_fields__) - {"source"}
-        for k in d:
-            if k not in known:
-                raise invalid(k, d[k], "experiment fields " + ", ".join(sorted(known)), source)
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+        if isinstance(d, dict) and "designs_per_choice" in d:
+            raise DesignSpaceError(
+                f"{source + ': ' if source else ''}designs_per_choice is gone: stages are paired now; "
+                "give blocks: (base designs per round, or auto) and max_rounds:"
+            )
+        check_keys(d, names, "", source)
         kw = dict(d)
-        if "name" not in kw:
-            kw["name"] = Path(source).stem if source else "experiment"
+        kw.setdefault("name", Path(source).stem if source else "experiment")
         try:
             kw["regime"] = Regime.from_dict(kw.get("regime"))
-            space = dict(kw.get("space") or {})
-            space.setdefault("budget", kw.get("budget", 0.005))
-            kw["space"] = DesignSpace.from_dict(space)
+            kw["space"] = DesignSpace.from_dict(dict(kw.get("space") or {}))
         except DesignSpaceError as e:
-            raise DesignSpaceError(f"{source}: {e}" if source else str(e)) from None
+            raise with_source(e, source) from None
+        if isinstance(kw.get("role_map"), str):
+            from .backbones.roles import RoleMap
+
+            path = Path(kw["role_map"])
+            if source and not path.is_absolute():
+                path = Path(source).parent / path
+            kw["role_map"] = RoleMap.load(path).to_dict()
+        elif kw.get("role_map") is not None:
+            from .backbones.roles import RoleMap
+
+            kw["role_map"] = RoleMap.from_dict(kw["role_map"], source).to_dict()
         if isinstance(kw.get("tasks"), str):
             kw["tasks"] = [kw["tasks"]]
-        for k in ("tasks", "stages", "replicate_seeds"):
+        for k in ("tasks", "stages"):
             if k in kw:
                 kw[k] = tuple(kw[k])
-        from .tasks import get_task
-
-        for t in kw.get("tasks", ()):
-            try:
-                get_task(t)
-            except DesignSpaceError as e:
-                raise DesignSpaceError(f"{source}: tasks: {e}" if source else str(e)) from None
-        for s in kw.get("stages", DEFAULT_STAGES):
-            if s not in kw["space"].components():
-                raise invalid("stages", s, kw["space"].components(), source)
-        dpc = kw.get("designs_per_choice", 2)
-        if not (dpc == "auto" or (isinstance(dpc, int) and dpc >= 1)):
-            raise invalid("designs_per_choice", dpc, "a positive integer or 'auto'", source)
-        if kw.get("backend", "loky") not in ("loky", "sequential", "dask", "ray"):
-            raise invalid("backend", kw["backend"], ["loky", "sequential", "dask", "ray"], source)
         return cls(**kw, source=source)
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> Experiment:
-        data = load_yaml(path)
-        exp = cls.from_dict(data, source=str(path))
+        exp = cls.from_dict(load_yaml(path), source=str(path))
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return replace(exp, **overrides) if overrides else exp
+
+    # --- checks before any work ---------------------------------------------------------------
+    def check_data(self) -> None:
+        """Fail before any training when a task's files are missing (one line: where it looked)."""
+        if self.scorer:
+            return
+        from .tasks import data_fingerprint
+
+        for task in self.tasks:
+            data_fingerprint(task, self.data_dir)
+
+    def check_backbone(self):
+        """Load the backbone's layer map (no weights) and check that every grouping pattern of the space
+        fits its depth: a 2-layer backbone with 4 groups fails here, not after trials ran."""
+        from .backbones import backbone_info
+
+        info = backbone_info(self.backbone, role_map=self.role_map)
+        n = len(info.layers)
+        if n < self.space.n_groups:
+            raise DesignSpaceError(
+                f"{self.source or self.name}: backbone {self.backbone} has {n} layers, fewer than the space's "
+                f"n_groups={self.space.n_groups}; use a space with n_groups <= {n}"
+            )
+        return info

@@ -26,11 +26,6 @@ from .model import PETModel
 from .plan import ModuleSpec, Plan
 
 PEFT_PREFIX = "base_model.model."
-_WHY_NOT = {
-    "adapter": "peft has no sequential bottleneck (Houlsby) adapter tuner",
-    "bitfit": "peft has no bias-only tuner (LoRA's bias option trains existing biases of LoRA targets only)",
-    "lnfit": "peft's ln_tuning trains the whole norm (weight and bias) and cannot share an adapter with LoRA",
-}
 
 
 def _why_not_prefix(plan: Plan, prefixes: list[ModuleSpec]) -> str:
@@ -45,6 +40,16 @@ def _why_not_prefix(plan: Plan, prefixes: list[ModuleSpec]) -> str:
             "could hold it but to_peft writes LoRA adapters only")
 
 
+def _why_not(name: str) -> str:
+    """Why a strategy other than LoRA cannot go into the LoRA adapter to_peft writes (its own fact)."""
+    from .strategies import registry
+
+    s = registry.get(name)
+    if s.peft is None:
+        return s.peft_note or "peft has no such tuner"
+    return f"peft's {s.peft} tuner could hold it, but not in one adapter with LoRA; to_peft writes LoRA adapters only"
+
+
 def unsupported(plan: Plan) -> str | None:
     """Why peft cannot express ``plan`` (one line, each non-LoRA strategy named once), or None when it can."""
     if not plan.modules:
@@ -54,7 +59,7 @@ def unsupported(plan: Plan) -> str | None:
         by.setdefault(m.strategy, []).append(m)
     reasons = [
         _why_not_prefix(plan, mods) if s == "prefix"
-        else f"{s} in layer {mods[0].layer}: " + _WHY_NOT.get(s, "peft has no such tuner")
+        else f"{s} in layer {mods[0].layer}: " + _why_not(s)
         for s, mods in by.items() if s != "lora"
     ]
     return "; ".join(reasons) or None

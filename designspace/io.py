@@ -20,17 +20,16 @@ from .backbones import Backbone, load_backbone
 from .errors import DesignSpaceError
 from .model import PETModel
 from .plan import Plan
-from .strategies.prefix import PrefixModule
 
-FORMAT = 1
+FORMAT = 2  # 2: modules seeded per (seed, layer, role, strategy, size); keys unchanged
 FILES = ("plan.json", "pet.safetensors", "head.safetensors", "meta.json")
 
 
 def fold_prefixes(model: PETModel) -> None:
-    """Replace every prefix MLP by the prefixes it produces; the model's outputs do not change."""
+    """Replace every training-time reparameterisation (prefix MLPs) by the parameters it produces;
+    the model's outputs do not change."""
     for pet in model.pet.pets.values():
-        if isinstance(pet, PrefixModule):
-            pet.fold()
+        pet.fold()
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -49,7 +48,7 @@ def save_trained(
     """Write ``model``'s plan, PET weights, head and meta data to ``path_dir`` (created if needed).
 
     ``plan`` defaults to the attached plan and must equal it when given. Prefixes trained with a
-    reparameterisation MLP are folded in place first (``PrefixModule.fold``): ``model`` computes the
+    reparameterisation MLP are folded in place first (the strategy's ``fold``): ``model`` computes the
     same outputs afterwards but further training would update the plain prefixes. ``extra`` (for
     example the regime and seed) is stored in ``meta.json`` as is.
     """

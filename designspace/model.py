@@ -1,8 +1,8 @@
 """A frozen backbone + the attached PET modules + a small task head.
 
 Pooling: the mean over non-padding tokens for encoders (all-MiniLM's pooler is weak), the last
-non-padding token for decoder-only models, and for encoder-decoder models (T5) the mean over the
-decoder's states, the decoder reading the input shifted right, so that decoder layers take part.
+non-padding token for decoder-only models, and for encoder-decoder models (T5, BART) the mean over
+the decoder's states, the decoder reading the input shifted right, so that decoder layers take part.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attach import Attached, attach
+from .attach import Attached, Rows, attach, head_seed
 from .backbones import Backbone
 from .plan import Plan
 
@@ -24,21 +24,38 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-class PETModel(nn.Module):
-    def __init__(self, backbone: Backbone, plan: Plan, num_labels: int, dropout: float = 0.1):
+def shift_right(input_ids: torch.Tensor, config) -> torch.Tensor:
+    """The decoder's input: the sequence shifted one step right behind the model's own start token
+    (``decoder_start_token_id``; T5 uses its pad token, BART its eos)."""
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(config, "bos_token_id", None) or getattr(config, "pad_token_id", None) or 0
+    out = input_ids.new_full(input_ids.shape, int(start))
+    out[:, 1:] = input_ids[:, :-1]
+    return out
+
+
+def new_head(hidden: int, num_labels: int, seed: int, dropout: float, device) -> nn.Sequential:
+    """The task head; its initial weights depend on the seed only (common random numbers)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(head_seed(seed))
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+    return head.to(device)
+
+
+class FrozenBody(nn.Module):
+    """The frozen backbone's forward with the right pooling: features for the head(s)."""
+
+    def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone.model
         self.family = backbone.family
         self.is_encoder_decoder = backbone.is_encoder_decoder
         self.pooling = "last" if backbone.is_decoder_only else "mean"
-        self.pet: Attached = attach(backbone, plan)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.hidden_size, num_labels))
-        self.head.to(next(self.backbone.parameters()).device)
-        self.num_labels = num_labels
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.is_encoder_decoder:
-            dec_in = self.backbone._shift_right(input_ids)
+            dec_in = shift_right(input_ids, self.backbone.config)
             dec_mask = torch.cat([attention_mask[:, :1], attention_mask[:, :-1]], dim=1)
             out = self.backbone(
                 input_ids=input_ids,
@@ -51,6 +68,16 @@ class PETModel(nn.Module):
         kwargs = {"use_cache": False} if self.pooling == "last" else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return pool(out.last_hidden_state, attention_mask, self.pooling)
+
+
+class PETModel(FrozenBody):
+    def __init__(self, backbone: Backbone, plan: Plan, num_labels: int, dropout: float = 0.1, seed: int = 0,
+                 rows: Rows | None = None):
+        super().__init__(backbone)
+        device = next(self.backbone.parameters()).device
+        self.pet: Attached = attach(backbone, plan, seed, rows)
+        self.head = new_head(backbone.hidden_size, num_labels, seed, dropout, device)
+        self.num_labels = num_labels
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
         return self.head(self.features(input_ids, attention_mask))

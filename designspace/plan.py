@@ -19,9 +19,27 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import DesignSpaceError
-from .space import Design, layer_groups
+from .errors import DesignSpaceError, check_float, check_keys
+from .patterns import allocation_weights, layer_groups
+from .space import Design
 from .strategies import registry
+
+#: 0.5 % of the backbone's parameters: the paper's budget, and every default in this package.
+DEFAULT_BUDGET = 0.005
+#: Options a plan carries to the strategies (roles per strategy are ``<strategy>_roles``).
+PLAN_OPTIONS = ("lora_scale", "lora_dropout", "adapter_activation", "prefix_reparam_hidden", "origin")
+
+
+def check_budget(budget, field: str = "budget", source: str | None = None) -> float:
+    """The one check of a budget: a fraction of the backbone's parameters, 0 < budget < 1."""
+    return check_float(budget, field, 0.0, 1.0, open_low=True, open_high=True, source=source)
+
+
+def check_options(options: dict | None, source: str | None = None) -> dict:
+    options = dict(options or {})
+    allowed = list(PLAN_OPTIONS) + [f"{s}_roles" for s in registry.names()]
+    check_keys(options, allowed, "options.", source)
+    return options
 
 
 @dataclass(frozen=True)
@@ -74,13 +92,7 @@ class Plan:
         lines = [self.summary(), f"{'layer':>5} {'group':>5}  modules"]
         for layer in range(self.n_layers):
             mods = self.layer_modules(layer)
-            desc = ", ".join(
-                f"{m.strategy}({_size_label(m)}{m.size}{'' if m.strategy not in ('lora',) else ' on ' + '+'.join(m.roles)})"
-                f"={m.params:,}"
-                if registry.get(m.strategy).sized
-                else f"{m.strategy}={m.params:,}"
-                for m in mods
-            )
+            desc = ", ".join(f"{module_label(m, long=True)}={m.params:,}" for m in mods)
             lines.append(f"{layer:>5} {'G' + str(self.groups[layer]):>5}  {desc or '-'}")
         return "\n".join(lines)
 
@@ -109,16 +121,14 @@ class Plan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _size_label(m: ModuleSpec) -> str:
-    return {"lora": "r=", "adapter": "b=", "prefix": "len="}.get(m.strategy, "")
-
-
-def allocation_weights(pattern: str, n: int) -> list[float]:
-    if pattern == "increasing":
-        return [i + 1.0 for i in range(n)]
-    if pattern == "decreasing":
-        return [float(n - i) for i in range(n)]
-    return [1.0] * n
+def module_label(m: ModuleSpec, long: bool = False) -> str:
+    """'L r=8' (or 'lora(r=8 on attn_q+attn_v)' with ``long``); fixed-cost strategies have no size."""
+    s = registry.get(m.strategy)
+    size = f"{s.size_symbol or s.size_name}={m.size}" if s.sized else ""
+    if not long:
+        return f"{s.label} {size}".strip()
+    roles = "" if tuple(m.roles) == tuple(s.default_roles) else f" on {'+'.join(m.roles)}"
+    return f"{m.strategy}({size}{roles})" if size or roles else m.strategy
 
 
 def compile_modules(
@@ -129,22 +139,25 @@ def compile_modules(
     what: str,
 ) -> list[ModuleSpec]:
     """Size the requested (layer -> [(strategy, roles)]) modules under ``budget_params`` (rule above)."""
-    specs: list[list] = []  # [layer, strategy, roles, size, target, unit, base]
+    specs: list[list] = []  # [layer, strategy, roles, size, target, unit, base, cap]
     for li, requested in targets.items():
         layer = layers[li]
         share = layer_share[li]
+        for s, r in requested:
+            registry.get(s).check_roles(layer, r, what)
         fixed = [(s, r) for s, r in requested if not registry.get(s).sized]
         sized = [(s, r) for s, r in requested if registry.get(s).sized]
         for s, r in fixed:
             cost = registry.get(s).cost(layer, 1, r)
             share -= cost
-            specs.append([li, s, r, 1, cost, 0, cost])
+            specs.append([li, s, r, 1, cost, 0, cost, 1])
         for s, r in sized:
             strat = registry.get(s)
             unit, base = strat.unit_cost(layer, r), strat.base_cost(layer, r)
+            cap = strat.max_size(layer, r) or 1 << 30
             target = max(share, 0.0) / len(sized)
-            size = max(1, int((target - base) // unit))
-            specs.append([li, s, r, size, target, unit, base])
+            size = min(cap, max(1, int((target - base) // unit)))
+            specs.append([li, s, r, size, target, unit, base, cap])
 
     def cost(sp):
         return sp[6] + sp[3] * sp[5] if sp[5] else sp[6]
@@ -154,7 +167,7 @@ def compile_modules(
     while total > budget_params:
         cands = [sp for sp in specs if sp[5] and sp[3] > 1]
         if not cands:
-            minimum = sum(sp[6] + (sp[5] if sp[5] else 0) for sp in specs)
+            minimum = sum(sp[6] + sp[5] for sp in specs)
             raise DesignSpaceError(
                 f"{what}: the budget of {budget_params:,} parameters is too small: the smallest modules of this design "
                 f"need {minimum:,}; raise the budget or tune fewer groups/strategies"
@@ -162,31 +175,33 @@ def compile_modules(
         sp = max(cands, key=lambda s: (cost(s) - s[4]) / s[5])
         sp[3] -= 1
         total -= sp[5]
-    # Fill: one unit at a time to the module furthest below its target that still fits.
+    # Fill: one unit at a time to the module furthest below its target that still fits (and whose
+    # size is below the layer's cap: a budget larger than every cap stays partly unspent).
     sized_specs = [sp for sp in specs if sp[5]]
     while sized_specs:
         left = budget_params - total
-        cands = [sp for sp in sized_specs if sp[5] <= left]
+        cands = [sp for sp in sized_specs if sp[5] <= left and sp[3] < sp[7]]
         if not cands:
             break
         sp = max(cands, key=lambda s: ((s[4] - cost(s)) / s[5], -s[0]))
         # Jump several units at once when far below target (keeps big budgets fast).
-        steps = max(1, min(int((sp[4] - cost(sp)) // sp[5]), left // sp[5]))
+        steps = max(1, min(int((sp[4] - cost(sp)) // sp[5]), left // sp[5], sp[7] - sp[3]))
         sp[3] += steps
         total += steps * sp[5]
     return [ModuleSpec(sp[0], sp[1], sp[3], tuple(sp[2]), cost(sp)) for sp in sorted(specs, key=lambda s: (s[0], s[1]))]
 
 
-def compile(design: Design, backbone, budget: float | None = None, options: dict | None = None) -> Plan:
+def compile_plan(design: Design, backbone, budget: float = DEFAULT_BUDGET, options: dict | None = None) -> Plan:
     """The plan of ``design`` on ``backbone`` (a loaded :class:`~designspace.backbones.Backbone` or its
-    info) at ``budget`` (a fraction of the backbone's parameters; default: the design's).
+    info) at ``budget``, a fraction of the backbone's parameters.
 
     ``options`` may set strategy roles (``lora_roles: [attn_q, attn_v]``) and training-side options
     (``lora_scale``, ``adapter_activation``, ``prefix_reparam_hidden``) that are carried in the plan.
     """
-    options = dict(options or {})
-    budget = design.budget if budget is None else budget
-    design = design.with_budget(budget)  # validates the budget
+    options = check_options(options)
+    budget = check_budget(budget)
+    if not isinstance(design, Design):
+        raise DesignSpaceError(f"compile_plan needs a Design, got {type(design).__name__}")
     layers = backbone.layers
     n = len(layers)
     groups = layer_groups(n, design.grouping, design.n_groups)

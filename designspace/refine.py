@@ -1,263 +1,242 @@
-"""Greedy refinement (Chen et al., 2023), stage by stage, with the evidence for every decision.
+"""Greedy refinement (Chen et al., 2023) with paired stages and decisions that say what they know.
 
-A stage samples designs balanced over one component's choices, evaluates them through the pool
-and the store (so it resumes), scores each design, compares the choices and restricts the space.
+Each stage compares the choices of one component on shared base designs (``stage.py``), adds
+blocks in rounds, drops the choices shown worse than the best (``decision.py``) and stops when
+one is left, when the survivors tie within the margin, or at its cap. The space narrows only as far
+as the evidence goes: a tie or an unresolved stage keeps its survivors. The final design is the
+best of what is left, by the stages' estimates (``decision: greedy``) or by one additive model over
+every trial (``decision: joint``); the report gives both.
 
-Score of a design: the mean over the experiment's tasks of each task's main metric, in points
-(accuracy, F1, Matthews correlation or Pearson x 100). No further normalisation: every design of a
-stage sees the same tasks, so the mean is comparable within a stage, which is all a decision uses.
+Score of a design in a block: the mean over the experiment's tasks of each task's main metric in
+points (accuracy, F1, Matthews correlation or Pearson x 100) on the selection split, averaged over
+its replicate seeds.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import sys
 import time
-from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
+from .decision import Verdict, blocks_needed, decide
+from .errors import DesignSpaceError
 from .experiment import Experiment
-from .pool import TrialSpec, evaluate
-from .space import Design, DesignSpace, _fmt_choice, save_yaml
-from .stats import Decision, compare, designs_needed, separated
+from .files import save_yaml
+from .pool import SyntheticScorer, evaluate
+from .space import Design, DesignSpace
+from .stage import (
+    Round,
+    StageState,
+    base_space,
+    choice_classes,
+    choice_from_json,
+    draw_blocks,
+    not_ok_counts,
+    round_specs,
+    stage_name,
+    stage_table,
+)
 from .store import TrialStore
 
-
-def stage_name(index: int, component: str) -> str:
-    return f"{index + 1}-{component}"
-
-
-def design_scores(rows: list[dict], seed: int, tasks) -> dict[str, float]:
-    """Design id -> mean main score (points) over tasks, for trials of ``seed`` that finished ok."""
-    per: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        if r["seed"] == seed and r["status"] == "ok" and r.get("score") is not None:
-            per[r["design_id"]][r["task"]] = 100.0 * r["score"]
-    return {d: float(np.mean(list(s.values()))) for d, s in per.items() if len(s) == len(tasks)}
-
-
-def replicate_noise(rows: list[dict], tasks, prior: float | None = None, min_designs: int = 3) -> float | None:
-    """Pooled seed-to-seed std of a design's score over the replicated designs (points).
-
-    With fewer than ``min_designs`` replicated designs the estimate has too few degrees of freedom
-    to trust a small value, so the larger of it and ``prior`` is used.
-    """
-    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["status"] == "ok" and r.get("score") is not None:
-            by[r["design_id"]][r["seed"]].append(100.0 * r["score"])
-    variances = []
-    for seeds in by.values():
-        vals = [np.mean(v) for v in seeds.values() if len(v) == len(tasks)]
-        if len(vals) >= 2:
-            variances.append(np.var(vals, ddof=1))
-    measured = float(math.sqrt(np.mean(variances))) if variances else None
-    if prior is not None and len(variances) < min_designs:
-        return max(measured or 0.0, prior)
-    return measured
+#: Paired noise (points) assumed before any stage measured it: the seed sd of one design measured on
+#: SST-2 (0.8) widened for the choice-by-base interaction. Only sizes the first auto round.
+PRIOR_PAIRED_SD = 1.2
 
 
 class Refiner:
     """Runs (or resumes) the stages of an :class:`Experiment`; constructors store, ``run`` acts."""
 
-    def __init__(self, experiment: Experiment, store: TrialStore | None = None, log=None):
+    def __init__(self, experiment: Experiment, store: TrialStore | None = None, log=None, progress: bool = True):
         self.exp = experiment
         self.store = store or TrialStore(experiment.store_path)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.progress = progress
+        self.n_layers: int | None = None
+        self.backbone_id = ""
+        self.data_ids: dict[str, str] = {}
+        synthetic = dict((experiment.scorer or {}).get("synthetic") or {})
+        self.n_layers = synthetic.pop("n_layers", None)
+        self.scorer = SyntheticScorer(**synthetic) if experiment.scorer else None
 
-    # --- one stage ------------------------------------------------------------------------
-    def _specs(self, stage: str, designs: list[Design], seeds) -> list[TrialSpec]:
+    # --- trials -----------------------------------------------------------------------------------
+    def make_spec(self, design: Design, task: str, seed: int, label: str = ""):
+        return self.exp.spec(design, task, seed, eval_split="select", label=label, backbone_id=self.backbone_id,
+                             data_id=self.data_ids.get(task, ""))
+
+    def _evaluate(self, specs, label: str):
         e = self.exp
-        return [
-            TrialSpec(stage, d, t, s, e.data_seed, e.regime, e.backbone, e.data_dir)
-            for d in designs
-            for s in seeds
-            for t in e.tasks
-        ]
+        return evaluate(specs, self.store, backend=e.backend, n_jobs=e.n_jobs, threads=e.threads, retries=e.retries,
+                        address=e.address, progress=self.progress, scorer=self.scorer, label=label)
 
-    def _evaluate(self, specs: list[TrialSpec]) -> list[dict]:
+    def _prepare(self) -> None:
+        """Everything that can fail on bad input, before any trial: data, backbone, space vs depth."""
         e = self.exp
-        return evaluate(
-            specs, self.store, experiment=e.name, backend=e.backend, n_jobs=e.n_jobs, threads=e.threads,
-            retries=e.retries, address=e.address, progress=True,
-        )
+        e.check_data()
+        if self.scorer is None:
+            from .backbones.offline import backbone_fingerprint
+            from .tasks import data_fingerprint
 
-    def noise_estimate(self) -> float:
-        rows = self.store.trials()
-        return replicate_noise(rows, self.exp.tasks) or self.exp.prior_noise_sd
-
-    def run_stage(self, index: int, component: str, space: DesignSpace) -> tuple[Decision, DesignSpace]:
-        e = self.exp
-        stage = stage_name(index, component)
-        choices = space.choices(component)
-        if e.designs_per_choice == "auto":
-            per = min(e.max_designs_per_choice, designs_needed(self.noise_estimate(), e.effect, len(choices)))
+            self.n_layers = len(e.check_backbone().layers)
+            self.backbone_id = backbone_fingerprint(e.backbone, e.role_map)
+            self.data_ids = {t: data_fingerprint(t, e.data_dir) for t in e.tasks}
         else:
-            per = int(e.designs_per_choice)
-        designs = space.sample_balanced(component, per * len(choices), seed=e.seed * 1000 + index)
-        # A few designs also run with other init seeds: the report states per-design noise.
-        replicated = designs[: e.replicates]
-        specs = self._specs(stage, designs, [e.seed]) + self._specs(stage, replicated, e.replicate_seeds)
-        self.store.meta_set(f"planned:{stage}", len(specs))
-        self.log(f"[{stage}] {len(choices)} choices x {per} designs x {len(e.tasks)} tasks "
-                 f"(+{len(replicated)} replicated designs) = {len(specs)} trials")
-        rows = self._evaluate(specs)
-        decision = self._decide(component, rows, designs)
-        if e.racing:
-            rng = random.Random(e.seed * 7919 + index)
-            while not separated(decision) and len(designs) < 10 * len(choices) * e.max_designs_per_choice:
-                leaders = [c.choice for c in decision.choices[:2]]
-                counts = {c.choice: c.n for c in decision.choices}
-                if min(counts[c] for c in leaders) >= e.max_designs_per_choice:
-                    break
-                extra = []
-                for label in leaders:
-                    choice = next(c for c in choices if _fmt_choice(c) == label)
-                    narrowed = space.restrict(component, choice)
-                    for _ in range(e.racing_batch):
-                        for d in narrowed.sample(20, seed=rng.randrange(1 << 30)):
-                            if d.id not in {x.id for x in designs + extra}:
-                                extra.append(d)
-                                break
-                if not extra:
-                    break
-                designs += extra
-                self.log(f"[{stage}] racing: +{len(extra)} designs for {', '.join(leaders)}")
-                rows += self._evaluate(self._specs(stage, extra, [e.seed]))
-                decision = self._decide(component, rows, designs)
-        best = next(c for c in choices if _fmt_choice(c) == decision.best)
-        self.store.meta_set(f"decision:{stage}", decision.to_dict())
-        new_space = space.restrict(component, best)
-        self.store.meta_set(f"space:{stage}", new_space.to_dict())
-        return decision, new_space
+            self.backbone_id, self.data_ids = "synthetic", {t: "synthetic" for t in e.tasks}
 
-    def skip_untuned(self, index: int, component: str, space: DesignSpace) -> DesignSpace | None:
-        """A strategy stage of a group that no remaining design tunes compares identical models:
-        skip it, and pin the group's set to its first choice so design ids stay canonical."""
-        if not component.startswith("strategies.G"):
-            return None
-        g = int(component.rsplit("G", 1)[1])
-        if any(g in tg for tg in space.tuned_groups):
-            return None
-        stage = stage_name(index, component)
-        narrowed = space.restrict(component, space.choices(component)[0])
-        self.store.meta_set(f"skipped:{stage}", f"group G{g} is not tuned by any remaining design")
-        self.store.meta_set(f"decision:{stage}", None)  # a decision from a run before it became moot
-        self.store.meta_set(f"space:{stage}", narrowed.to_dict())
-        self.log(f"[{stage}] skipped: G{g} is not tuned by any remaining design")
-        return narrowed
-
-    def _decide(self, component: str, rows: list[dict], designs: list[Design]) -> Decision:
-        e = self.exp
-        scores = design_scores(rows, e.seed, e.tasks)
-        by_choice: dict[str, list[float]] = defaultdict(list)
-        for d in {d.id: d for d in designs}.values():
-            if d.id in scores:
-                by_choice[_fmt_choice(d.choice(component))].append(scores[d.id])
-        # Noise pooled over every replicated design so far (all stages share backbone and regime).
-        noise = replicate_noise(self.store.trials(), e.tasks, prior=e.prior_noise_sd)
-        if not by_choice:
-            from .errors import DesignSpaceError
-
-            errors = sorted({str(r.get("error")) for r in rows if r["status"] != "ok"})
+    def _check_identity(self) -> None:
+        stored = self.store.note("experiment")
+        if stored is None:
+            self.store.set_note("experiment", self.exp.identity())
+            return
+        changed = self.exp.changed_field(stored)
+        if changed:
             raise DesignSpaceError(
-                f"stage {component}: no trial finished ok ({len(rows)} trials); first error: {errors[0] if errors else '-'}; "
-                f"see `designspace status` and the store {self.exp.store_path}"
+                f"{self.exp.source or self.exp.name}: {changed} differs from the experiment recorded in "
+                f"{self.exp.store_path} ({stored.get(changed)!r} there, {self.exp.identity().get(changed)!r} now); "
+                "its trials answer another question. Start fresh with another output: (or --output), or move "
+                f"{self.exp.out_dir} away"
             )
-        decision = compare(component, by_choice, noise_sd=noise)
-        failed = sum(1 for r in rows if r["status"] != "ok")
-        if failed:
-            extra = f"{failed} trials not ok (failed, diverged or infeasible) are left out"
-            decision.note = "; ".join(x for x in (decision.note, extra) if x)
-        return decision
 
-    # --- all stages -----------------------------------------------------------------------
-    def check_data(self) -> None:
-        """Fail before any training when a task's files are missing (one line: where it looked)."""
-        from .errors import DesignSpaceError
-        from .tasks import _HOW_TO_POINT, split_path
+    # --- one stage ----------------------------------------------------------------------------------
+    def _plan_round(self, state: StageState, space: DesignSpace, alive: list[str], verdict: Verdict | None) -> bool:
+        """Add the next round of blocks to ``state``; False when the stage may draw no more."""
+        e = self.exp
+        have = sum(len(r.blocks) for r in state.rounds)
+        if e.blocks == "auto":
+            sd = verdict.resid_sd if verdict and verdict.resid_sd else self._prior_sd()
+            need = blocks_needed(sd, e.resolution, len(alive), e.alpha, e.max_rounds, max_blocks=10 ** 6)
+            add = max(2, need - have)
+            why = f"auto: paired sd {sd:.2f} needs {need} blocks for a half-width of {e.resolution} points"
+        else:
+            add, why = int(e.blocks), f"{e.blocks} blocks per round"
+        add = min(add, e.max_blocks - have)
+        if add < 2:
+            state.note = f"stopped at max_blocks={e.max_blocks}; " + state.note
+            return False
+        bases = base_space(state.component, space)
+        blocks = draw_blocks(bases, state.component, add, e.seed, state.index, len(state.rounds), have)
+        state.rounds.append(Round(blocks, list(alive)))
+        state.sizing.append(why + (f" (capped at max_blocks={e.max_blocks})" if have + add >= e.max_blocks else ""))
+        return True
 
-        for task in self.exp.tasks:
-            for split in ("train", "dev"):
-                path = split_path(task, split, self.exp.data_dir)
-                if not path.is_file():
-                    raise DesignSpaceError(f"GLUE file for {task} {split} not found: {path}; {_HOW_TO_POINT}")
+    def _prior_sd(self) -> float:
+        for s in reversed(self.store.stages()):
+            v = s["state"].get("verdicts") or []
+            if v and v[-1].get("resid_sd"):
+                return float(v[-1]["resid_sd"])
+        return PRIOR_PAIRED_SD
 
+    def _skip(self, state: StageState, space: DesignSpace, why: str) -> tuple[StageState, DesignSpace]:
+        """A stage with nothing to compare: keep the first choice so design ids stay canonical."""
+        narrowed = space.restrict(state.component, space.choices(state.component)[0])
+        state.status, state.note, state.space_after = "skipped", why, narrowed.to_dict()
+        self.store.save_stage(state.name, state.index, state.component, state.to_dict())
+        self.log(f"[{state.name}] skipped: {why}")
+        return state, narrowed
+
+    def run_stage(self, index: int, component: str, space: DesignSpace) -> tuple[StageState, DesignSpace]:
+        e = self.exp
+        name = stage_name(index, component)
+        saved = self.store.stage(name)
+        if saved is not None:
+            state = StageState.from_dict(saved)
+            if state.decided:
+                return state, DesignSpace.from_dict(state.space_after)
+        else:
+            state = StageState(name, index, component, choice_classes(component, space, self.n_layers))
+            if base_space(component, space) is None:
+                g = component.rsplit("G", 1)[1]
+                return self._skip(state, space, f"group G{g} is not tuned by any remaining design")
+            if len(state.classes) < 2:
+                return self._skip(state, space, "one choice left (others merged or refined away)")
+            self._plan_round(state, space, state.labels, None)
+            self.store.save_stage(name, index, component, state.to_dict())
+            k = len(state.classes)
+            self.log(f"[{name}] {k} choices x {len(state.rounds[0].blocks)} blocks x {len(e.tasks)} tasks x "
+                     f"{e.seeds_per_design} seed(s) = {k * len(state.rounds[0].blocks) * len(e.tasks) * e.seeds_per_design}"
+                     f" trials in round 1 ({state.sizing[0]})")
+        while True:
+            r = len(state.verdicts)
+            self._evaluate(round_specs(state, r, self.make_spec, e.tasks, e.seeds_per_design), f"{name} round {r + 1}")
+            keys = [s.key for i in range(r + 1) for s in round_specs(state, i, self.make_spec, e.tasks, e.seeds_per_design)]
+            records = {rec.key: rec for rec in self.store.records(keys)}
+            table, labels = stage_table(state, r, records, self.make_spec, e.tasks, e.seeds_per_design)
+            if not np.isfinite(table).any():
+                bad = list(records.values())
+                errors = sorted({r.error for r in bad if r.error})
+                raise DesignSpaceError(
+                    f"stage {name}: no trial finished ok ({len(bad)} trials: {not_ok_counts(bad)}); first error: "
+                    f"{errors[0] if errors else '-'}; see `designspace status` and {e.store_path}"
+                )
+            verdict = decide(table, alpha=e.alpha, max_rounds=e.max_rounds, round_index=r + 1, delta=e.margin,
+                             choices=labels, previous=state.verdict(), component=component, seed=e.seed)
+            state.verdicts.append(verdict.to_dict())
+            self.log(f"[{name}] round {r + 1}: {verdict.meaning}")
+            if verdict.status == "open" and r + 1 < e.max_rounds and self._plan_round(
+                    state, space, list(verdict.survivors), verdict):
+                self.store.save_stage(name, index, component, state.to_dict())
+                continue
+            return self._finish(state, space, verdict)
+
+    def _finish(self, state: StageState, space: DesignSpace, verdict: Verdict) -> tuple[StageState, DesignSpace]:
+        state.status = verdict.status if verdict.status != "open" else "unresolved"
+        state.kept = [verdict.best] if state.status == "separated" else list(verdict.survivors)
+        chosen = [choice_from_json(state.component, c) for cls in state.classes if cls.label in state.kept
+                  for c in cls.choices]
+        narrowed = space.restrict_many(state.component, chosen)
+        state.space_after = narrowed.to_dict()
+        self.store.save_stage(state.name, state.index, state.component, state.to_dict())
+        return state, narrowed
+
+    # --- all stages -----------------------------------------------------------------------------------
     def run(self) -> Design:
         e = self.exp
-        self.check_data()
-        e.out_dir.mkdir(parents=True, exist_ok=True)
-        (e.out_dir / "experiment.json").write_text(json.dumps(e.to_dict(), indent=1) + "\n")
-        self.store.meta_set("experiment", e.to_dict())
-        space = e.space
+        self._prepare()
         t0 = time.perf_counter()
-        for i, component in enumerate(e.stages):
-            skipped = self.skip_untuned(i, component, space)
-            if skipped:
-                space = skipped
-                continue
-            decision, space = self.run_stage(i, component, space)
-            ci = decision.margin_ci
-            self.log(
-                f"[{stage_name(i, component)}] best {decision.best}: margin {decision.margin:+.2f} points "
-                f"(95% CI {ci[0]:+.2f}..{ci[1]:+.2f}), P(best)={decision.p_best:.2f}, confidence {decision.confidence}"
-            )
-        # Components that no stage refined keep their first remaining choice (documented in report).
-        final = space
-        for c in final.components():
-            if len(final.choices(c)) > 1:
-                final = final.restrict(c, final.choices(c)[0])
-        design = final.only_design()
-        save_yaml({"design": design.to_dict(), "id": design.id, "experiment": e.name}, e.out_dir / "design.yaml")
-        self.store.meta_set("final_design", design.to_dict())
-        self.log(f"discovered design {design.id}: {design.describe()} -> {e.out_dir / 'design.yaml'} "
+        with self.store.driver_lock():
+            self._check_identity()
+            e.out_dir.mkdir(parents=True, exist_ok=True)
+            (e.out_dir / "experiment.json").write_text(json.dumps(e.to_dict(), indent=1, default=str) + "\n")
+            space = e.space
+            states = []
+            for i, component in enumerate(e.stages):
+                state, space = self.run_stage(i, component, space)
+                states.append(state)
+            design, how = final_design(space, states, self.store, e)
+            save_yaml({"design": design.to_dict(), "id": design.id, "budget": e.budget, "backbone": e.backbone,
+                       "experiment": e.name, "chosen_by": how}, e.out_dir / "design.yaml")
+            self.store.set_note("final_design", {"design": design.to_dict(), "chosen_by": how})
+        self.log(f"discovered design {design.id}: {design.describe()} ({how}) -> {e.out_dir / 'design.yaml'} "
                  f"({time.perf_counter() - t0:.0f} s this run)")
         return design
 
 
-def load_decisions(store: TrialStore, experiment: Experiment) -> list[tuple[str, Decision]]:
-    out = []
-    for i, component in enumerate(experiment.stages):
-        d = store.meta_get(f"decision:{stage_name(i, component)}")
-        if d:
-            out.append((stage_name(i, component), Decision.from_dict(d)))
-    return out
+def greedy_design(space: DesignSpace, states: list[StageState]) -> Design:
+    """The remaining space's design with every still-open component at its stage's best estimate."""
+    for state in states:
+        if len(space.choices(state.component)) > 1 and state.verdicts:
+            best = state.verdict().best
+            cls = next(c for c in state.classes if c.label == best)
+            space = space.restrict(state.component, choice_from_json(state.component, cls.choices[0]))
+    for c in space.components():  # components no stage refined keep their first remaining choice
+        if len(space.choices(c)) > 1:
+            space = space.restrict(c, space.choices(c)[0])
+    return space.only_design()
 
 
-def status(experiment: Experiment) -> str:
-    """Stage, trials done and failed, and an ETA, for a running or finished refinement."""
-    path = experiment.store_path
-    if not Path(path).exists():
-        return f"{experiment.name}: not started ({path} does not exist)"
-    store = TrialStore(path, create=False)
-    lines = [f"{experiment.name}: {path}"]
-    rows = store.trials()
-    secs = [((r.get("seconds_train") or 0) + (r.get("seconds_eval") or 0)) for r in rows if r["status"] == "ok"]
-    mean_s = float(np.mean(secs)) if secs else None
-    remaining_total = 0
-    for i, component in enumerate(experiment.stages):
-        stage = stage_name(i, component)
-        planned = store.meta_get(f"planned:{stage}")
-        counts = store.counts(stage)
-        done = sum(counts.values())
-        decided = store.meta_get(f"decision:{stage}")
-        if store.meta_get(f"skipped:{stage}"):
-            lines.append(f"  {stage:<18} skipped (group not tuned)")
-            continue
-        state = f"decided: {decided['best']} ({decided['confidence']})" if decided else (
-            "running" if planned else "pending")
-        failed = counts.get("failed", 0) + counts.get("diverged", 0) + counts.get("infeasible", 0)
-        lines.append(f"  {stage:<18} {state:<38} trials {done}/{planned or '?'} (not ok: {failed})")
-        if not decided:
-            remaining_total += (planned or len(experiment.space.choices(component)) * 2 * len(experiment.tasks)) - (
-                done if planned else 0)
-    if mean_s and remaining_total > 0:
-        lines.append(f"  ETA about {remaining_total * mean_s / 60:.1f} min ({remaining_total} trials x {mean_s:.1f} s, "
-                     "later stages estimated at 2 designs per choice)")
-    elif not remaining_total:
-        lines.append("  all stages decided")
-    return "\n".join(lines)
+def final_design(space: DesignSpace, states: list[StageState], store: TrialStore, e: Experiment) -> tuple[Design, str]:
+    """(design, how it was chosen): the only design left, else the greedy or the joint model's best."""
+    if space.is_single():
+        return space.only_design(), "the only design left"
+    if e.decision == "joint":
+        from .joint_view import joint_best
+
+        best = joint_best(store, states, space, e)
+        if best is not None:
+            return best, "joint model's best in the remaining space"
+    return greedy_design(space, states), "greedy: each open stage's best estimate"
+
+
+def load_states(store: TrialStore) -> list[StageState]:
+    return [StageState.from_dict(s["state"]) for s in store.stages()]

@@ -1,101 +1,108 @@
-"""The trial store: one SQLite file (WAL mode, no server) holding one row per trial.
+"""The trial store: one SQLite file (WAL mode, no server) of trial records, stage states and notes.
 
-One driver process writes; status commands and plots may read at the same time (WAL lets
-readers see the last committed state while a write is in flight). Every ``record`` is its own
-committed transaction, so killing the driver loses at most the trial it was writing.
+One driver writes (a lock file enforces it, see :meth:`TrialStore.driver_lock`); status commands and
+plots read at the same time (WAL lets readers see the last committed state). Every ``record`` is its
+own committed transaction, so killing the driver loses at most the trial it was writing.
 
-A file that is not ours (garbage bytes, or SQLite without our marker) is refused and never
-touched: it is validated through a read-only connection before anything opens it for writing.
+A file that is not ours (garbage bytes, or SQLite without our marker) is refused and never touched.
+A finished store on read-only media opens read-only (``readonly=True``, immutable when WAL's -shm
+file cannot be made). SQLite's own failures (a full disk, a damaged file, a read-only folder) become
+one-line :class:`DesignSpaceError` s that name the file and keep what was recorded.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from designspace.errors import DesignSpaceError, invalid
-
-if TYPE_CHECKING:
-    import pandas as pd
+from .errors import DesignSpaceError
+from .trial import OUTCOME_FIELDS, Status, TrialRecord, TrialSpec
 
 APP = "designspace-trials"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-STATUSES = ("ok", "failed", "diverged", "infeasible")
-DONE_STATUSES = ("ok", "diverged", "infeasible")
-KEY = ("stage", "design_id", "task", "seed", "regime_id")
+# The spec's fields a query filters on get columns of their own; the whole spec is JSON.
+SPEC_COLUMNS = {"design_id": "TEXT", "task": "TEXT", "seed": "INTEGER", "kind": "TEXT", "label": "TEXT"}
 
-# Columns callers write (besides the store-managed `id` and `attempts`), with their SQL types.
-COLUMNS: dict[str, str] = {
-    "experiment": "TEXT",
-    "stage": "TEXT NOT NULL",
-    "design_id": "TEXT NOT NULL",
-    "design_json": "TEXT",
-    "task": "TEXT NOT NULL",
-    "seed": "INTEGER NOT NULL",
-    "regime_id": "TEXT NOT NULL",
-    "regime_json": "TEXT",
-    "status": "TEXT NOT NULL",
-    "metrics_json": "TEXT",
-    "score": "REAL",
-    "trainable_params": "INTEGER",
-    "plan_params": "INTEGER",
-    "seconds_train": "REAL",
-    "seconds_eval": "REAL",
-    "peak_mem_mb": "REAL",
-    "tokens": "INTEGER",
-    "error": "TEXT",
-    "traceback": "TEXT",
-    "versions_json": "TEXT",
-    "worker": "TEXT",
-    "started_at": "TEXT",
-    "ended_at": "TEXT",
-}
-# JSON columns are read and written under their short name (`design`, `metrics`...) as Python objects.
-JSON_FIELDS = {c[: -len("_json")]: c for c in COLUMNS if c.endswith("_json")}
-REQUIRED = (*KEY, "status")
-_KEY_WHERE = " AND ".join(f"{k}=?" for k in KEY)
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
+def _sql_type(annotation: str) -> str:
+    if "dict" in annotation or "list" in annotation:
+        return "JSON"
+    if "float" in annotation:
+        return "REAL"
+    if "int" in annotation:
+        return "INTEGER"
+    return "TEXT"
 
+
+OUTCOME_COLUMNS = {f.name: _sql_type(str(f.type)) for f in OUTCOME_FIELDS}
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS notes (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS stages (name TEXT PRIMARY KEY, position INTEGER, component TEXT, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    attempts INTEGER NOT NULL DEFAULT 1,
-    {", ".join(f"{c} {t}" for c, t in COLUMNS.items())},
-    UNIQUE ({", ".join(KEY)})
+    key TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    {", ".join(f"{c} {t}" for c, t in SPEC_COLUMNS.items())},
+    {", ".join(f"{c} {'TEXT' if t == 'JSON' else t}" for c, t in OUTCOME_COLUMNS.items())}
 );
-CREATE INDEX IF NOT EXISTS trials_stage_status ON trials (stage, status);
+CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
 """
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _encode(record: TrialRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": record.key, "spec": json.dumps(record.spec.to_dict(), sort_keys=True)}
+    row.update({
+        "design_id": record.spec.design_id, "task": record.spec.task, "seed": record.spec.seed,
+        "kind": record.spec.kind, "label": record.spec.label,
+    })
+    for name, value in record.outcome().items():
+        row[name] = json.dumps(value, sort_keys=True) if OUTCOME_COLUMNS[name] == "JSON" and value is not None else value
+    return row
+
+
+def _decode(row: sqlite3.Row) -> TrialRecord:
+    d = dict(row)
+    outcome = {}
+    for name, kind in OUTCOME_COLUMNS.items():
+        value = d.get(name)
+        outcome[name] = json.loads(value) if kind == "JSON" and value is not None else value
+    for name in ("metrics", "versions", "result"):
+        outcome[name] = outcome[name] or {}
+    return TrialRecord(spec=TrialSpec.from_dict(json.loads(d["spec"])), **outcome)
 
 
 class TrialStore:
-    """Trials of one experiment in ``path`` (callers choose it, e.g. ``results/<experiment>/trials.sqlite``).
+    """Records of one experiment in ``path`` (callers choose it, e.g. ``results/<experiment>/trials.sqlite``).
 
     The file is opened on first use (or by ``open()`` / ``with``); a missing file and its parent
-    folders are created then, unless ``create=False``.
+    folders are created then, unless ``create=False`` or ``readonly=True``.
     """
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
         self.path = Path(path)
-        self.create = create  # readers (status, plots) pass False so a typo does not make an empty store
+        self.create = create and not readonly  # readers pass False so a typo does not make an empty store
+        self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None
         # The driver may record from worker threads; one connection, one writer at a time.
         self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------------------------------
-
     def open(self) -> TrialStore:
         with self._lock:
             if self._conn is None:
@@ -119,8 +126,19 @@ class TrialStore:
 
     def _refuse(self, why: str) -> DesignSpaceError:
         return DesignSpaceError(
-            f"{self.path}: {why}; the file was left untouched - pass another --store or move the file away"
+            f"{self.path}: {why}; the file was left untouched - pass another --output or move the file away"
         )
+
+    def _read_only_connection(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # WAL readers need the -shm file; on read-only media it cannot be made: read the file as
+            # an immutable snapshot instead (what a finished store on a DVD or a read-only mount is).
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30)
 
     def _check_existing(self) -> bool:
         """Validate an existing file without writing to it; return True if it still needs our schema."""
@@ -133,203 +151,225 @@ class TrialStore:
         if head != _SQLITE_HEADER:
             raise self._refuse("is not a SQLite file (corrupt or another format)")
         try:
-            ro = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            ro = self._read_only_connection()
             try:
                 tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 meta = dict(ro.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+                if "trials" in tables:
+                    ro.execute("SELECT count(*) FROM trials").fetchone()
             finally:
                 ro.close()
         except sqlite3.DatabaseError as e:
-            raise self._refuse(f"is not a readable SQLite database ({e})") from None
+            raise self._refuse(f"is damaged or not a readable SQLite database ({e})") from None
         if not tables:
             return True
         if meta.get("app") != APP:
-            raise self._refuse(
-                f"is a SQLite database but not a designspace trial store (no app={APP!r} marker)"
-            )
+            raise self._refuse(f"is a SQLite database but not a designspace trial store (no app={APP!r} marker)")
         version = int(meta.get("schema_version", 0))
-        if version > SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
+            newer = "newer" if version > SCHEMA_VERSION else "older"
             raise DesignSpaceError(
-                f"{self.path}: schema_version={version} is newer than this designspace supports "
-                f"({SCHEMA_VERSION}); upgrade designspace or pass another --store"
-            )
-        if version < SCHEMA_VERSION:
-            raise DesignSpaceError(
-                f"{self.path}: schema_version={version} is older than {SCHEMA_VERSION} and has no migration; "
-                "pass another --store or move the file away"
+                f"{self.path}: schema_version={version} is {newer} than this designspace's ({SCHEMA_VERSION}) and "
+                "has no migration; rerun into another --output (or move the folder away)"
             )
         return False
 
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists() and not self.create:
-            raise DesignSpaceError(
-                f"{self.path}: store does not exist; run the experiment first or pass another --store"
-            )
+            raise DesignSpaceError(f"{self.path}: store does not exist; run the experiment first or pass another --output")
         fresh = self._check_existing() if self.path.exists() else True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: each write below opens and commits its own explicit transaction.
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        try:
-            if fresh:
-                # Schema and marker land in one transaction, so a crash never leaves a half-made store.
-                conn.executescript(
-                    "BEGIN IMMEDIATE;"
-                    + _SCHEMA
-                    + f"INSERT OR IGNORE INTO meta VALUES ('app', '{APP}'), ('schema_version', '{SCHEMA_VERSION}');"
-                    + "COMMIT;"
-                )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # A trial costs seconds to minutes; an fsync per commit is cheap insurance against power loss too.
-            conn.execute("PRAGMA synchronous=FULL")
-        except BaseException:
-            conn.close()
-            raise
+        if self.readonly:
+            conn = self._read_only_connection()
+            conn.row_factory = sqlite3.Row
+            return conn
+        with self._sqlite_errors("create"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: each write below opens and commits its own explicit transaction.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            try:
+                if fresh:
+                    # Schema and marker land in one transaction, so a crash never leaves a half-made store.
+                    conn.executescript(
+                        "BEGIN IMMEDIATE;" + _SCHEMA
+                        + f"INSERT OR IGNORE INTO meta VALUES ('app', '{APP}'), ('schema_version', '{SCHEMA_VERSION}');"
+                        + "COMMIT;"
+                    )
+                conn.execute("PRAGMA journal_mode=WAL")
+                # A trial costs seconds to minutes; an fsync per commit is cheap insurance against power loss.
+                conn.execute("PRAGMA synchronous=FULL")
+            except BaseException:
+                conn.close()
+                raise
+        st = self.path.stat()
+        self._inode = (st.st_dev, st.st_ino)
         return conn
+
+    @contextmanager
+    def _sqlite_errors(self, action: str) -> Iterator[None]:
+        """SQLite's and the OS's failures as one line naming the file; nothing recorded is lost."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            text = str(e)
+            if "malformed" in text or "not a database" in text:
+                why = f"is damaged ({text}); copy the folder elsewhere and rerun into another --output"
+            elif "readonly" in text or "read-only" in text:
+                why = f"cannot be written ({text}); the folder is read-only: pass another --output"
+            elif "full" in text:
+                why = f"cannot {action} ({text}); free disk space and rerun the same command to resume"
+            else:
+                why = f"cannot {action} ({text})"
+            raise DesignSpaceError(f"{self.path}: {why}") from None
+        except OSError as e:
+            raise DesignSpaceError(f"{self.path}: cannot {action} ({e.strerror or e}); check the folder") from None
+
+    def check_still_there(self) -> None:
+        """Refuse to go on writing to a store that was deleted or replaced while this process ran."""
+        if self._inode is None:
+            return
+        try:
+            st = self.path.stat()
+            same = (st.st_dev, st.st_ino) == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise DesignSpaceError(
+                f"{self.path}: the store was deleted or replaced while this run was writing to it; stopped. "
+                "Rerun the same command to start again (trials recorded since then are lost)"
+            )
 
     @property
     def _db(self) -> sqlite3.Connection:
         return self.open()._conn  # type: ignore[return-value]
 
-    # -- writing ---------------------------------------------------------------------------------
+    def _execute(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
+        with self._lock, self._sqlite_errors("read"):
+            return self._db.execute(sql, tuple(params)).fetchall()
 
-    def _encode(self, row: dict[str, Any]) -> dict[str, Any]:
-        for short, col in JSON_FIELDS.items():
-            if short in row and col in row:
-                raise invalid("row key", col, f"{short} or {col}, not both", source=str(self.path))
-        out: dict[str, Any] = {}
-        for name, value in row.items():
-            if name in JSON_FIELDS:
-                out[JSON_FIELDS[name]] = None if value is None else json.dumps(value, sort_keys=True)
-            elif name in COLUMNS:
-                if name.endswith("_json") and value is not None and not isinstance(value, str):
-                    value = json.dumps(value, sort_keys=True)
-                out[name] = value
-            else:
-                allowed = "columns " + ", ".join([*COLUMNS, *JSON_FIELDS])
-                if name in ("id", "attempts"):
-                    allowed = f"{name} is managed by the store; drop it"
-                raise invalid("row key", name, allowed, source=str(self.path))
-        for name in REQUIRED:
-            if out.get(name) is None:
-                raise invalid(
-                    name, None, f"a value for every key field {', '.join(REQUIRED)}", str(self.path)
-                )
-        if out["status"] not in STATUSES:
-            raise invalid("status", out["status"], STATUSES, source=str(self.path))
-        out["seed"] = int(out["seed"])
-        out.setdefault("ended_at", _utc_now())
-        return out
-
-    def record(self, row: dict[str, Any]) -> bool:
-        """Insert a trial, or replace the row of its key unless that row is 'ok'.
-
-        Returns False (and changes nothing) when an 'ok' row already holds the key. Replacing a
-        non-ok row increments its ``attempts``; every column not in ``row`` is reset to NULL.
-        JSON fields may be given decoded (``design={...}``) or as ``design_json`` strings.
-        """
-        values = self._encode(row)
-        key = tuple(values[k] for k in KEY)
-        cols = list(COLUMNS)
-        params = [values.get(c) for c in cols]
-        with self._lock:
+    def _write(self, statements: list[tuple[str, tuple]], action: str = "write") -> None:
+        """Run ``statements`` in one committed transaction."""
+        with self._lock, self._sqlite_errors(action):
+            self.check_still_there()
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                old = db.execute(
-                    f"SELECT id, status, attempts FROM trials WHERE {_KEY_WHERE}",
-                    key,
-                ).fetchone()
-                if old is None:
-                    db.execute(
-                        f"INSERT INTO trials ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        params,
-                    )
-                elif old["status"] == "ok":
-                    db.execute("ROLLBACK")
-                    return False
-                else:
-                    db.execute(
-                        f"UPDATE trials SET attempts=?, {', '.join(f'{c}=?' for c in cols)} WHERE id=?",
-                        [old["attempts"] + 1, *params, old["id"]],
-                    )
+                for sql, params in statements:
+                    db.execute(sql, params)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    # -- one driver per store ----------------------------------------------------------------------
+    @contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Hold ``<store>.lock`` while a driver runs: a second driver is refused in one line naming the
+        first (pid, host, since). The kernel drops the lock when its holder dies, so a killed driver
+        leaves no stale lock behind."""
+        import fcntl
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with self._sqlite_errors("lock"):
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
+                raise DesignSpaceError(
+                    f"{self.path}: another driver is running on this store ({holder}); wait for it, stop it, or "
+                    "pass another --output"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- trials ----------------------------------------------------------------------------------
+    def record(self, record: TrialRecord) -> bool:
+        """Insert a record, or replace the record of its key unless that one is final.
+
+        Returns False (and changes nothing) when a final record (any status but ``lost``) holds the
+        key. Replacing a lost record increments ``attempts``.
+        """
+        row = _encode(record)
+        cols = list(row)
+        with self._lock:
+            old = self._execute("SELECT id, status, attempts FROM trials WHERE key=?", (record.key,))
+            if old and Status(old[0]["status"]).final:
+                return False
+            if old:
+                row["attempts"] = old[0]["attempts"] + 1
+                sql = f"UPDATE trials SET {', '.join(f'{c}=?' for c in cols)} WHERE id=?"
+                self._write([(sql, (*[row[c] for c in cols], old[0]["id"]))], "record a trial")
+            else:
+                sql = f"INSERT INTO trials ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                self._write([(sql, tuple(row[c] for c in cols))], "record a trial")
         return True
 
-    # -- reading ---------------------------------------------------------------------------------
+    def get(self, key: str) -> TrialRecord | None:
+        rows = self._execute("SELECT * FROM trials WHERE key=?", (key,))
+        return _decode(rows[0]) if rows else None
 
-    def _select(self, what: str, stage: str | None, statuses: Iterable[str] | str | None, tail: str = ""):
-        where, params = [], []
-        if stage is not None:
-            where.append("stage=?")
-            params.append(stage)
-        if statuses is not None:
-            statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        sql = f"SELECT {what} FROM trials" + (f" WHERE {' AND '.join(where)}" if where else "") + tail
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    def records(self, keys: Iterable[str] | None = None, status: Status | str | None = None) -> list[TrialRecord]:
+        """Records in insertion order: all of them, or those of ``keys`` (in that order, missing ones left out)."""
+        if keys is None:
+            where, params = ("WHERE status=?", (str(status),)) if status else ("", ())
+            return [_decode(r) for r in self._execute(f"SELECT * FROM trials {where} ORDER BY id", params)]
+        keys = list(keys)
+        found: dict[str, TrialRecord] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            sql = f"SELECT * FROM trials WHERE key IN ({', '.join('?' * len(chunk))})"
+            found.update({r["key"]: _decode(r) for r in self._execute(sql, chunk)})
+        return [found[k] for k in keys if k in found and (status is None or found[k].status == Status(status))]
 
-    def done_keys(
-        self, stage: str | None = None, statuses: Iterable[str] = DONE_STATUSES
-    ) -> set[tuple[str, str, str, int, str]]:
-        """Keys ``(stage, design_id, task, seed, regime_id)`` that need no rerun ('failed' ones are retried)."""
-        return {tuple(r) for r in self._select(", ".join(KEY), stage, statuses)}
+    def statuses(self, keys: Iterable[str] | None = None) -> dict[str, Status]:
+        """Key -> status, cheaply (no spec decoding)."""
+        rows = self._execute("SELECT key, status FROM trials")
+        out = {r["key"]: Status(r["status"]) for r in rows}
+        return out if keys is None else {k: out[k] for k in keys if k in out}
 
-    def attempts(self, key: tuple) -> int:
-        """How many times ``key`` was recorded (0 if never), so callers can cap retries."""
-        with self._lock:
-            r = self._db.execute(f"SELECT attempts FROM trials WHERE {_KEY_WHERE}", tuple(key)).fetchone()
-        return 0 if r is None else r[0]
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self._execute("SELECT status, COUNT(*) FROM trials GROUP BY status")}
 
-    def trials(
-        self, stage: str | None = None, status: str | Iterable[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Rows in insertion order; JSON columns come back decoded under their short names."""
-        out = []
-        for r in self._select("*", stage, status, " ORDER BY id"):
-            d = dict(r)
-            for short, col in JSON_FIELDS.items():
-                raw = d.pop(col)
-                d[short] = None if raw is None else json.loads(raw)
-            out.append(d)
-        return out
-
-    def to_dataframe(self, stage: str | None = None) -> pd.DataFrame:
-        """Trials as a pandas DataFrame, each metric expanded into a ``metric.<name>`` column."""
+    def to_dataframe(self, keys: Iterable[str] | None = None):
+        """Records as a pandas DataFrame: spec fields, outcome fields, each metric as ``metric.<name>``."""
         import pandas as pd
 
-        rows = self.trials(stage)
-        base = ["id", "attempts", *(c for c in COLUMNS if c not in JSON_FIELDS.values()), *JSON_FIELDS]
-        for row in rows:
-            for name, value in (row.pop("metrics") or {}).items():
-                row[f"metric.{name}"] = value
-        base.remove("metrics")
-        return pd.DataFrame(rows, columns=base + sorted({k for r in rows for k in r} - set(base)))
+        rows = []
+        for r in self.records(keys):
+            d = {"key": r.key, **{k: v for k, v in r.spec.to_dict().items() if k not in ("plan",)}}
+            d.update({k: v for k, v in r.outcome().items() if k not in ("predictions", "traceback", "result")})
+            d["design_id"] = r.spec.design_id
+            d.update({f"metric.{k}": v for k, v in (d.pop("metrics") or {}).items()})
+            rows.append(d)
+        return pd.DataFrame(rows)
 
-    def stages(self) -> list[str]:
-        """Stage names in the order they were first recorded."""
-        return [r[0] for r in self._select("stage", None, None, " GROUP BY stage ORDER BY MIN(id)")]
+    # -- stages and notes ----------------------------------------------------------------------------
+    def save_stage(self, name: str, position: int, component: str, state: dict) -> None:
+        """A stage's state (its plan, rounds, decision) as the refiner keeps it; replaced whole."""
+        self._write([("INSERT OR REPLACE INTO stages (name, position, component, state) VALUES (?, ?, ?, ?)",
+                      (name, position, component, json.dumps(state, sort_keys=True)))], "save a stage")
 
-    def counts(self, stage: str | None = None) -> dict[str, int]:
-        """Number of trials per status (all stages when ``stage`` is None)."""
-        return {r[0]: r[1] for r in self._select("status, COUNT(*)", stage, None, " GROUP BY status")}
+    def stage(self, name: str) -> dict | None:
+        rows = self._execute("SELECT state FROM stages WHERE name=?", (name,))
+        return json.loads(rows[0]["state"]) if rows else None
 
-    # -- experiment-level info -------------------------------------------------------------------
+    def stages(self) -> list[dict]:
+        """Every saved stage as {name, position, component, state}, in position order."""
+        rows = self._execute("SELECT * FROM stages ORDER BY position, name")
+        return [{**dict(r), "state": json.loads(r["state"])} for r in rows]
 
-    def meta_get(self, key: str, default: Any = None) -> Any:
-        """A JSON value stored by ``meta_set`` (e.g. a stage's decision), or ``default``."""
-        with self._lock:
-            r = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return default if r is None else json.loads(r[0])
+    def set_note(self, key: str, value: Any) -> None:
+        """An experiment-level fact (the experiment's identity, the final design), replaced whole."""
+        self._write([("INSERT OR REPLACE INTO notes (key, value) VALUES (?, ?)",
+                      (key, json.dumps(value, sort_keys=True)))], "save a note")
 
-    def meta_set(self, key: str, value: Any) -> None:
-        """Store a JSON-serialisable ``value`` under ``key`` (replacing any previous one), committed at once."""
-        encoded = json.dumps(value, sort_keys=True)
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, encoded))
+    def note(self, key: str, default: Any = None) -> Any:
+        rows = self._execute("SELECT value FROM notes WHERE key=?", (key,))
+        return default if not rows else json.loads(rows[0]["value"])

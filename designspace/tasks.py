@@ -132,6 +132,28 @@ def split_path(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     return resolve_data_dir(data_dir) / spec.folder / spec.file_name(split)
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def data_fingerprint(task: str | TaskSpec, data_dir: str | os.PathLike | None = None) -> str:
+    """A hash of the task's train and dev files: the same data read from another folder is the same
+    trial; an edited file is another. Cached per (path, size, mtime)."""
+    import hashlib
+
+    spec = get_task(task)
+    digest = hashlib.sha256(spec.name.encode())
+    for split in SPLITS:
+        path = split_path(spec, split, data_dir)
+        if not path.is_file():
+            raise DesignSpaceError(f"GLUE file for {spec.name} {split} not found: {path}; {_HOW_TO_POINT}")
+        st = path.stat()
+        memo = (str(path), st.st_size, st.st_mtime_ns)
+        if memo not in _FINGERPRINTS:
+            _FINGERPRINTS[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest.update(_FINGERPRINTS[memo].encode())
+    return digest.hexdigest()[:16]
+
+
 def _parse_label(spec: TaskSpec, raw: str) -> int | float:
     """Class index (name or digit accepted) or float score; raises ValueError with what was expected."""
     raw = raw.strip()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import platform
 import resource
@@ -12,104 +10,20 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
 from .backbones import Backbone
 from .data import collate, epoch_batches, length_bucketed_batches, tokenise
-from .errors import invalid
+from .errors import DesignSpaceError
 from .metrics import compute_metrics, main_score
 from .model import PETModel
-from .plan import Plan, compile
+from .plan import DEFAULT_BUDGET, Plan, compile_plan
+from .regime import Regime
 from .space import Design
-from .tasks import TaskSpec, get_task
-
-#: Learning rates per strategy. Prefixes want a larger step (Li & Liang; He et al. 2022).
-DEFAULT_LR = {"lora": 2e-3, "adapter": 2e-3, "prefix": 1e-2, "bitfit": 5e-3, "lnfit": 5e-3, "head": 2e-3}
-
-
-@dataclass(frozen=True)
-class Regime:
-    """How briefly a design is trained.
-
-    The default (chosen in results/train/regime.md) gives the all-LoRA design at 0.5 % 81.8 % +- 0.9 %
-    on SST-2 in ~27 CPU-seconds with full-dev evaluation (MiniLM-L6, one thread).
-    """
-
-    n_train: int | None = 2000
-    n_dev: int | None = None
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 16
-    eval_batch_size: int = 128
-    max_length: int = 128
-    lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
-    weight_decay: float = 0.0
-    warmup: float = 0.06
-    grad_clip: float = 1.0
-    threads: int | None = None
-
-    def __post_init__(self):
-        lr = {**DEFAULT_LR, **(self.lr or {})}
-        for k, v in lr.items():
-            if not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise invalid(f"regime.lr.{k}", v, "a learning rate 0 < lr < 1")
-        object.__setattr__(self, "lr", lr)
-        for k in ("n_train", "n_dev", "max_steps"):
-            v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise invalid(f"regime.{k}", v, "a positive integer or null (all)")
-        if not self.epochs > 0:
-            raise invalid("regime.epochs", self.epochs, "a positive number")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise invalid("regime.batch_size", self.batch_size, "a positive integer")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("threads")  # how fast, not what: not part of the regime's identity
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> Regime:
-        d = dict(d or {})
-        known = {f for f in cls.__dataclass_fields__}
-        for k in d:
-            if k not in known:
-                raise invalid(f"regime.{k}", d[k], "fields " + ", ".join(sorted(known)))
-        return cls(**d)
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-
-
-@dataclass
-class TrialResult:
-    status: str  # ok | diverged | failed | infeasible
-    task: str
-    seed: int
-    metrics: dict = field(default_factory=dict)
-    score: float | None = None
-    trainable_params: int = 0
-    plan_params: int = 0
-    head_params: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    steps: int = 0
-    seconds_train: float = 0.0
-    seconds_eval: float = 0.0
-    peak_mem_mb: float = 0.0
-    n_train: int = 0
-    n_dev: int = 0
-    final_loss: float | None = None
-    error: str | None = None
-    traceback: str | None = None
-    versions: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .tasks import get_task
+from .trial import Status, TrialRecord, TrialSpec
 
 
 def versions() -> dict:
@@ -133,12 +47,81 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _param_groups(model: PETModel, regime: Regime) -> list[dict]:
+def param_groups(model: PETModel, regime: Regime) -> list[dict]:
+    """One AdamW group per strategy (and the head), each at the regime's rate for it."""
+    return design_groups(model.pet, model.head, regime)
+
+
+def design_groups(attached, head: nn.Module, regime: Regime) -> list[dict]:
+    """The AdamW groups of one design (its attached PET modules and its head) under ``regime``."""
     groups: dict[str, list] = {}
-    for module in model.pet.pets.values():
-        groups.setdefault(module.strategy, []).extend(p for p in module.parameters() if p.requires_grad)
-    groups["head"] = list(model.head.parameters())
-    return [{"params": ps, "lr": regime.lr[s], "name": s} for s, ps in groups.items() if ps]
+    for module in attached.pets.values():
+        groups.setdefault(module.strategy_name, []).extend(p for p in module.parameters() if p.requires_grad)
+    groups["head"] = list(head.parameters())
+    return [{"params": ps, "lr": regime.lr_for(s), "name": s, "weight_decay": regime.weight_decay}
+            for s, ps in groups.items() if ps]
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from its own generator, seeded with the design's seed.
+
+    A design's masks then do not depend on what else draws random numbers in the process: trained
+    alone or in a pack (``train_pack``) beside other designs, it sees the same masks. On a CPU they
+    are also the masks ``nn.Dropout`` drew after ``torch.manual_seed(seed)`` (same Bernoulli draws),
+    so records made before this class existed are reproduced bit for bit.
+    """
+
+    def __init__(self, p: float, seed: int, device):
+        super().__init__()
+        self.p = float(p)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        return x * torch.empty_like(x).bernoulli_(keep, generator=self.generator).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def own_dropout(head: nn.Sequential, seed: int) -> nn.Sequential:
+    """Give ``new_head``'s dropout its own generator (seeded with ``seed``), in place."""
+    device = next(head.parameters()).device
+    head[0] = SeededDropout(head[0].p, seed, device)
+    return head
+
+
+def to_device(batch: list, pad_id: int, device, regression: bool) -> dict[str, torch.Tensor]:
+    """``collate`` on the CPU, then to ``device``: from pinned memory without waiting on a GPU, whose
+    queue a plain host-to-device copy of pageable memory would drain at every step."""
+    b = collate(batch, pad_id, "cpu", regression)
+    if torch.device(device).type != "cuda":
+        return b
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in b.items()}
+
+
+#: Steps between two host syncs of the loss (and at the end): the check is cheap on a CPU but stalls
+#: a GPU's queue.
+CHECK_EVERY = 16
+
+
+def optimiser(groups: list[dict], regime: Regime, n_steps: int):
+    """AdamW over ``groups`` with linear warmup and decay over ``n_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    opt = torch.optim.AdamW(groups, weight_decay=regime.weight_decay)
+    return opt, get_linear_schedule_with_warmup(opt, int(regime.warmup * n_steps), n_steps)
+
+
+def loss_function(task) -> nn.Module:
+    return nn.MSELoss() if task.is_regression else nn.CrossEntropyLoss()
+
+
+def task_loss(loss_fn: nn.Module, out: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    return loss_fn(out.squeeze(-1), labels) if regression else loss_fn(out, labels)
 
 
 @contextmanager
@@ -154,75 +137,150 @@ def torch_threads(n: int | None):
             torch.set_num_threads(before)
 
 
+def evaluate_model(model: nn.Module, examples, regime: Regime, pad_id: int, regression: bool, device):
+    """Predictions and labels on ``examples`` in their original order (batches are length-sorted)."""
+    preds, gold = predict(model, examples, regime, pad_id, regression, device)
+    return preds[0], gold
+
+
 @torch.inference_mode()
-def evaluate_model(model: PETModel, examples, regime: Regime, pad_id: int, regression: bool, device):
-    """Predictions, labels and real tokens on ``examples``, in length-sorted batches (least padding)."""
+def predict(model: nn.Module, examples, regime: Regime, pad_id: int, regression: bool, device):
+    """([predictions of each of the model's outputs], labels) on ``examples`` in their original order.
+
+    A model returns one tensor, or a list of them (a pack: one per design, on the same examples).
+    """
     model.eval()
-    preds, labels, tokens = [], [], 0
+    preds, labels, order = [], [], []
     for batch in length_bucketed_batches(examples, regime.eval_batch_size, seed=0, shuffle=False):
-        b = collate(batch, pad_id, device, regression)
-        out = model(**b)
-        preds.append(out.squeeze(-1) if regression else out.argmax(-1))
+        b = to_device(batch, pad_id, device, regression)
+        outs = model(b["input_ids"], b["attention_mask"])
+        outs = [outs] if isinstance(outs, torch.Tensor) else outs
+        preds.append([out.squeeze(-1) if regression else out.argmax(-1) for out in outs])
         labels.append(b["labels"])
-        tokens += int(b["attention_mask"].sum())
-    return torch.cat(preds).float().cpu().numpy(), torch.cat(labels).cpu().numpy(), tokens
+        order += [e.idx for e in batch]
+    rank = sorted(range(len(order)), key=lambda i: order[i])
+    gold = torch.cat(labels).cpu().numpy()[rank]
+    per_output = [torch.cat(p).float().cpu().numpy()[rank] for p in zip(*preds, strict=True)]
+    return per_output, gold
 
 
-def fit(
-    model: nn.Module,
-    backbone: Backbone,
-    param_groups: list[dict],
-    batches: list,
-    spec: TaskSpec,
-    regime: Regime,
-    result: TrialResult,
-    progress: Callable[[int, int, float], None] | None = None,
-) -> None:
+def fit(model: nn.Module, param_groups: list[dict], batches: list, spec_task, regime: Regime, record: TrialRecord,
+        pad_id: int, device, progress: Callable[[int, int, float], None] | None = None) -> None:
     """Train ``param_groups`` of ``model`` on ``batches`` in place, recording steps, tokens and loss.
 
     AdamW with linear warmup and decay, gradients clipped to ``regime.grad_clip`` (0: off). A NaN or
-    inf loss, or parameters that became non-finite, set ``result.status = "diverged"`` and stop.
+    inf loss, or parameters that became non-finite, set the record's status to diverged and stop.
     """
-    from transformers import get_linear_schedule_with_warmup
-
-    device = next(backbone.model.parameters()).device
-    pad_id = pad_token_id(backbone)
-    opt = torch.optim.AdamW(param_groups, weight_decay=regime.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(regime.warmup * len(batches)), len(batches))
-    loss_fn = nn.MSELoss() if spec.is_regression else nn.CrossEntropyLoss()
+    opt, sched = optimiser(param_groups, regime, len(batches))
+    loss_fn = loss_function(spec_task)
     params = [p for g in param_groups for p in g["params"]]
     model.train()
-    backbone.model.eval()  # frozen backbone: no dropout in it, like the features it was trained for
+    model.backbone.eval()  # frozen backbone: no dropout in it, like the features it was trained for
     t0 = time.perf_counter()
+    tokens = padded = 0
     for step, batch in enumerate(batches):
-        b = collate(batch, pad_id, device, spec.is_regression)
-        out = model(b["input_ids"], b["attention_mask"])
-        loss = loss_fn(out.squeeze(-1), b["labels"]) if spec.is_regression else loss_fn(out, b["labels"])
-        value = loss.item()
-        if not math.isfinite(value):
-            result.status, result.error = "diverged", f"loss became {value} at step {step}"
-            break
+        b = to_device(batch, pad_id, device, spec_task.is_regression)
+        loss = task_loss(loss_fn, model(b["input_ids"], b["attention_mask"]), b["labels"], spec_task.is_regression)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if regime.grad_clip:
             nn.utils.clip_grad_norm_(params, regime.grad_clip)
         opt.step()
         sched.step()
-        result.steps = step + 1
-        result.tokens += int(b["attention_mask"].sum())
-        result.padded_tokens += b["attention_mask"].numel()
-        result.final_loss = value
+        tokens += b["attention_mask"].sum()
+        padded += b["attention_mask"].numel()
         if progress:
-            progress(step + 1, len(batches), value)
-    result.seconds_train = time.perf_counter() - t0
-    # The last step's loss was finite, but the update it made may not be: never score NaN weights.
-    if result.status == "ok" and not all(bool(torch.isfinite(p).all()) for p in params):
-        result.status, result.error = "diverged", f"parameters became non-finite at step {result.steps - 1}"
+            progress(step + 1, len(batches), float(loss.detach()))
+        # One host sync every 16 steps (and at the end), not per step: the loss check is cheap on a
+        # CPU but stalls a GPU's queue.
+        if step % 16 == 15 or step == len(batches) - 1:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                record.status, record.error = Status.DIVERGED, f"loss became {value} by step {step}"
+                break
+    record.steps, record.final_loss = step + 1, float(loss.detach())
+    record.tokens, record.padded_tokens = int(tokens), int(padded)
+    record.seconds_train = time.perf_counter() - t0
+    # The last loss was finite, but the update it made may not be: never score NaN weights.
+    if record.status is Status.OK and not all(bool(torch.isfinite(p).all()) for p in params):
+        record.status, record.error = Status.DIVERGED, f"parameters became non-finite by step {record.steps - 1}"
 
 
 def pad_token_id(backbone: Backbone) -> int:
     tok = backbone.tokenizer
     return tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+
+
+def spec_plan(spec: TrialSpec, backbone: Backbone) -> Plan:
+    """The plan a spec trains: its structure, or its design compiled at its budget on ``backbone``."""
+    if spec.plan is not None:
+        return Plan.from_dict(spec.plan)
+    return compile_plan(spec.design, backbone, spec.budget, spec.options)
+
+
+def spec_data(spec: TrialSpec, backbone: Backbone, hub: bool = False):
+    """(training examples, evaluated examples) of a spec, tokenised once per process."""
+    r = spec.regime
+    tok = backbone.tokenizer
+    train = tokenise(spec.task, "train", tok, r.max_length, r.n_train, spec.data_seed, spec.data_dir, hub, spec.n_select)
+    n_eval = r.n_dev if spec.eval_split == "dev" else None
+    evaluated = tokenise(spec.task, spec.eval_split, tok, r.max_length, n_eval, 0, spec.data_dir, hub, spec.n_select)
+    return train, evaluated
+
+
+def score_record(record: TrialRecord, task, preds, labels) -> None:
+    """The record's metrics and score from predictions (and the predictions on a selection split)."""
+    record.metrics = {k: float(v) for k, v in compute_metrics(task, preds, labels).items()}
+    record.score = main_score(task, record.metrics)
+    if record.spec.eval_split == "select":
+        record.predictions = [round(float(p), 5) for p in preds]
+
+
+def run_spec(spec: TrialSpec, backbone: Backbone, keep_model: bool = False, hub: bool = False,
+             progress: Callable[[int, int, float], None] | None = None):
+    """Train ``spec`` on ``backbone`` and score it; never raises for the trial's own failure.
+
+    ``seed`` sets the initialisation (each module's weights from its own seed, the head's from the
+    seed alone) and the head's dropout masks (its own generator: :class:`SeededDropout`);
+    ``data_seed`` the training subset and batch order, so that designs compared in a stage see the
+    same data (common random numbers). ``train_pack.run_pack`` trains several specs in one pass to
+    the same results.
+    """
+    task = get_task(spec.task)
+    device = next(backbone.model.parameters()).device
+    record = TrialRecord(spec, Status.OK, versions=versions(), device=str(device))
+    try:
+        plan = spec_plan(spec, backbone)
+    except DesignSpaceError as e:
+        record.status, record.error = Status.INFEASIBLE, str(e)
+        return (record, None) if keep_model else record
+    record.plan_params = plan.params
+    pad_id = pad_token_id(backbone)
+    model = None
+    with torch_threads(spec.regime.threads):
+        try:
+            train, evaluated = spec_data(spec, backbone, hub)
+            record.n_train, record.n_eval = len(train), len(evaluated)
+            model = PETModel(backbone, plan, num_labels=task.num_labels, seed=spec.seed)
+            own_dropout(model.head, spec.seed)
+            record.trainable_params, record.head_params = model.pet_params(), model.head_params()
+            batches = epoch_batches(train, spec.regime.batch_size, spec.regime.epochs, spec.data_seed,
+                                    spec.regime.max_steps)
+            torch.manual_seed(spec.seed)  # LoRA's dropout (option lora_dropout) draws from the global generator
+            fit(model, param_groups(model, spec.regime), batches, task, spec.regime, record, pad_id, device, progress)
+            if record.status is Status.OK:
+                t0 = time.perf_counter()
+                preds, labels = evaluate_model(model, evaluated, spec.regime, pad_id, task.is_regression, device)
+                record.seconds_eval = time.perf_counter() - t0
+                score_record(record, task, preds, labels)
+        except Exception as e:  # a failed trial is a result, recorded with its traceback
+            record.status, record.error = Status.FAILED, f"{type(e).__name__}: {e}"
+            record.traceback = traceback.format_exc()
+        finally:
+            record.peak_mem_mb = peak_memory_mb(device)
+            if model is not None and not keep_model:
+                model.pet.detach()
+    return (record, model) if keep_model else record
 
 
 def train_design(
@@ -232,54 +290,27 @@ def train_design(
     regime: Regime | None = None,
     seed: int = 0,
     data_seed: int | None = None,
+    budget: float | None = None,
     data_dir=None,
+    eval_split: str = "dev",
+    n_select: int = 0,
+    options: dict | None = None,
     hub: bool = False,
     keep_model: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
-) -> TrialResult | tuple[TrialResult, PETModel]:
-    """Attach ``design`` to ``backbone``, train it briefly on ``task`` and evaluate on dev.
+):
+    """Attach ``design`` (compiled at ``budget``, default 0.5 %) or a ready plan to ``backbone``, train
+    it briefly on ``task`` and score it on dev (or on a selection split carved from train).
 
-    ``seed`` sets the initialisation; ``data_seed`` (default: ``seed``) sets the training subset and
-    the batch order, so that designs compared within a stage can see the same data (paired runs).
-    A NaN or inf loss ends the trial with status ``diverged``; it does not raise.
+    Returns the :class:`TrialRecord` (and the trained model with ``keep_model``). A NaN or inf loss
+    ends the trial as ``diverged``; it does not raise.
     """
-    regime = regime or Regime()
-    spec = get_task(task)
-    data_seed = seed if data_seed is None else data_seed
-    device = next(backbone.model.parameters()).device
-    plan = design if isinstance(design, Plan) else compile(design, backbone)
-    result = TrialResult(status="ok", task=spec.name, seed=seed, plan_params=plan.params, versions=versions())
-    pad_id = pad_token_id(backbone)
-    train = tokenise(spec, "train", backbone.tokenizer, regime.max_length, regime.n_train, data_seed, data_dir, hub)
-    dev = tokenise(spec, "dev", backbone.tokenizer, regime.max_length, regime.n_dev, 0, data_dir, hub)
-    result.n_train, result.n_dev = len(train), len(dev)
-
-    with torch_threads(regime.threads):
-        torch.manual_seed(seed)
-        model = PETModel(backbone, plan, num_labels=spec.num_labels)
-        try:
-            result.trainable_params = model.pet_params()
-            result.head_params = model.head_params()
-            batches = epoch_batches(train, regime.batch_size, regime.epochs, data_seed, regime.max_steps)
-            fit(model, backbone, _param_groups(model, regime), batches, spec, regime, result, progress)
-            if result.status == "ok":
-                t0 = time.perf_counter()
-                preds, labels, _ = evaluate_model(model, dev, regime, pad_id, spec.is_regression, device)
-                result.seconds_eval = time.perf_counter() - t0
-                result.metrics = compute_metrics(spec, preds, labels)
-                result.score = main_score(spec, result.metrics)
-        except Exception as e:  # a failed trial is a result, recorded with its traceback
-            result.status = "failed"
-            result.error = f"{type(e).__name__}: {e}"
-            result.traceback = traceback.format_exc()
-        finally:
-            result.peak_mem_mb = peak_memory_mb(device)
-            if not keep_model:
-                model.pet.detach()
-    if keep_model:
-        return result, model
-    return result
-
-
-def with_lr(regime: Regime, **lr) -> Regime:
-    return replace(regime, lr={**regime.lr, **lr})
+    if isinstance(design, Plan):
+        if budget is not None and abs(budget - design.budget) > 1e-12:
+            raise DesignSpaceError(f"budget={budget} differs from the plan's {design.budget}; recompile the design")
+        kw = {"plan": design.to_dict(), "budget": design.budget}
+    else:
+        kw = {"design": design, "budget": DEFAULT_BUDGET if budget is None else budget, "options": options or {}}
+    spec = TrialSpec(task=task, regime=regime or Regime(), seed=seed, data_seed=seed if data_seed is None else data_seed,
+                     backbone=backbone.name, data_dir=data_dir, eval_split=eval_split, n_select=n_select, **kw)
+    return run_spec(spec, backbone, keep_model=keep_model, hub=hub, progress=progress)

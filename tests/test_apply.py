@@ -9,12 +9,13 @@ import torch
 from test_io_export import REGIME, hidden, text_backbone
 from tiny import tiny_batch
 
-from designspace import compile
+from designspace import compile_plan as compile
 from designspace.apply import apply_design, resolve_design
 from designspace.errors import DesignSpaceError
 from designspace.io import FILES
 from designspace.plan import Plan
-from designspace.space import layer_groups, s4_design
+from designspace.presets import S4
+from designspace.space import layer_groups
 
 S4_LAYERS = {"adapter": [0, 1, 2], "lora": [0, 3], "prefix": [1, 2, 3], "bitfit": [2, 3]}
 
@@ -39,7 +40,7 @@ def test_s4_trains_on_tiny_family_and_leaves_the_backbone_as_it_was(family):
 
 def test_design_from_a_plan_is_recompiled_for_a_deeper_wider_backbone_of_another_family(tmp_path):
     options = {"lora_roles": ["attn_q", "attn_k", "attn_v"], "lora_scale": 1.0}
-    source = compile(s4_design(), text_backbone("bert"), options=options)
+    source = compile(S4, text_backbone("bert"), 0.005, options=options)
     source.save(tmp_path / "found.json")
     target = text_backbone("llama", n_layers=8, hidden_size=48, intermediate_size=64)
 
@@ -57,8 +58,8 @@ def test_design_from_a_plan_is_recompiled_for_a_deeper_wider_backbone_of_another
     assert res["saved_to"] == str(tmp_path / "saved")
 
     # The saved folder is itself a design source (apply a trained model's design elsewhere).
-    design, plan = resolve_design(tmp_path / "saved")
-    assert design.id == source.design_id and plan["backbone"] == "tiny-llama"
+    design, plan, budget = resolve_design(tmp_path / "saved")
+    assert design.id == source.design_id and plan["backbone"] == "tiny-llama" and budget == 0.005
 
 
 def test_bad_design_sources_are_one_line_errors(tmp_path):
@@ -66,4 +67,17 @@ def test_bad_design_sources_are_one_line_errors(tmp_path):
         resolve_design(tmp_path)
     with pytest.raises(DesignSpaceError, match="no such design file or preset; presets: s4"):
         resolve_design(tmp_path / "nope.yaml")
-    assert resolve_design("s4") == (s4_design(), None)
+    assert resolve_design("s4") == (S4, None, None)
+
+
+def test_a_design_found_at_five_percent_is_applied_and_reported_at_five_percent(tmp_path):
+    """apply printed 0.500 % for a design it compiled at 5 %: the budget now has one home per step."""
+    from designspace.apply import report_markdown
+    from designspace.files import save_yaml
+
+    path = save_yaml({"design": S4.to_dict(), "budget": 0.05}, tmp_path / "design.yaml")
+    backbone = text_backbone("bert")
+    res = apply_design(path, backbone, "sst2", REGIME)
+    assert res["plan"]["budget"] == 0.05 and res["plan"]["budget_params"] == int(0.05 * backbone.n_params)
+    assert "requested 5.0000%" in report_markdown(res)
+    assert apply_design(path, backbone, "sst2", REGIME, budget=0.01)["plan"]["budget"] == 0.01

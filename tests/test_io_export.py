@@ -11,7 +11,7 @@ import torch
 import transformers as T
 from tiny import tiny_backbone, tiny_batch, tiny_config
 
-from designspace import compile
+from designspace import compile_plan as compile
 from designspace.backbones import Backbone, load_backbone
 from designspace.backbones.offline import resolve_backbone_path
 from designspace.data import collate, tokenise
@@ -19,10 +19,16 @@ from designspace.errors import DesignSpaceError
 from designspace.export import export_peft, to_peft, unsupported
 from designspace.io import load_trained, save_trained
 from designspace.metrics import compute_metrics
-from designspace.model import PETModel
-from designspace.space import Design, s4_design, single_strategy
+from designspace.model import PETModel, shift_right
+from designspace.presets import S4, single_strategy
+from designspace.regime import Regime
+from designspace.space import Design
 from designspace.tasks import get_task
-from designspace.train import Regime, evaluate_model, train_design
+from designspace.train import evaluate_model, train_design
+
+
+def s4_design() -> Design:
+    return S4
 
 peft = pytest.importorskip("peft")
 
@@ -48,7 +54,7 @@ def text_backbone(family: str, n_layers: int = 4, seed: int = 0, **config) -> Ba
 def dev_logits(model: PETModel, tokenizer):
     spec = get_task("sst2")
     dev = tokenise(spec, "dev", tokenizer, REGIME.max_length, REGIME.n_dev, 0)
-    preds, labels, _ = evaluate_model(model, dev, REGIME, tokenizer.pad_token_id, False, "cpu")
+    preds, labels = evaluate_model(model, dev, REGIME, tokenizer.pad_token_id, False, "cpu")
     with torch.inference_mode():
         batches = [collate(dev[i : i + 8], tokenizer.pad_token_id, "cpu", False) for i in range(0, len(dev), 8)]
         logits = torch.cat([model(**b) for b in batches])
@@ -67,7 +73,7 @@ def hidden(module, ids, mask, encoder_decoder: bool):
     kw = {}
     if encoder_decoder:  # T5: the decoder reads the input shifted right, as PETModel feeds it
         base = module.get_base_model() if hasattr(module, "get_base_model") else module
-        kw["decoder_input_ids"] = base._shift_right(ids)
+        kw["decoder_input_ids"] = shift_right(ids, base.config)
     with torch.no_grad():
         return module(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
 
@@ -76,9 +82,9 @@ def hidden(module, ids, mask, encoder_decoder: bool):
 def test_saved_s4_reloads_into_fresh_backbone_with_identical_logits_and_metric(tmp_path):
     # Decoder-only, with every S4 strategy and a prefix MLP that must be folded on save.
     backbone = text_backbone("llama")
-    plan = compile(s4_design(), backbone, options={"prefix_reparam_hidden": 8})
+    plan = compile(s4_design(), backbone, 0.005, options={"prefix_reparam_hidden": 8})
     result, model = train_design(plan, backbone, "sst2", REGIME, keep_model=True)
-    assert result.status == "ok", result.error
+    assert result.ok, result.error
     before, _ = dev_logits(model, backbone.tokenizer)
     save_trained(model, plan, tmp_path, "SST-2", metrics=result.metrics)
     after_fold, _ = dev_logits(model, backbone.tokenizer)
@@ -101,7 +107,7 @@ def test_saved_s4_reloads_into_fresh_backbone_with_identical_logits_and_metric(t
 
 def test_load_refuses_a_backbone_of_another_depth(tmp_path):
     backbone = text_backbone("bert")
-    model = PETModel(backbone, compile(single_strategy("lora"), backbone), num_labels=2)
+    model = PETModel(backbone, compile(single_strategy("lora"), backbone, 0.005), num_labels=2)
     save_trained(model, None, tmp_path, "sst2")
     with pytest.raises(DesignSpaceError, match="trained on tiny-bert .* 4 layers.* 8 layers"):
         load_trained(tmp_path, text_backbone("bert", n_layers=8))
@@ -116,7 +122,7 @@ def minilm_saved(tmp_path_factory):
     backbone = load_backbone("minilm-l6")
     design = Design(grouping="increasing", allocation="increasing", strategies=(("lora",),) * 4)
     result, model = train_design(design, backbone, "sst2", replace(REGIME, n_train=32), keep_model=True)
-    assert result.status == "ok", result.error
+    assert result.ok, result.error
     save_trained(model, None, out, "sst2", metrics=result.metrics)
     logits, _ = dev_logits(model, backbone.tokenizer)
     enc = backbone.tokenizer(["a gripping , funny film", "dull"], padding=True, return_tensors="pt")
@@ -133,10 +139,9 @@ def test_minilm_reloads_by_name_with_identical_metric(minilm_saved):
 
 
 # --- peft export ---------------------------------------------------------------------------
-def _allora(budget=0.05, tuned=(1, 3, 4)) -> Design:
+def _allora(tuned=(1, 3, 4)) -> Design:
     # increasing allocation over the tuned groups: layers get different ranks, untuned layers none.
-    return Design(grouping="spindle", allocation="increasing", tuned_groups=tuned,
-                  strategies=(("lora",),) * 4, budget=budget)
+    return Design(grouping="spindle", allocation="increasing", tuned_groups=tuned, strategies=(("lora",),) * 4)
 
 
 @pytest.mark.parametrize("family,roles,tuned,readable", [
@@ -150,7 +155,7 @@ def _allora(budget=0.05, tuned=(1, 3, 4)) -> Design:
 ])
 def test_peft_model_computes_our_outputs(family, roles, tuned, readable):
     backbone = tiny_backbone(family)
-    plan = compile(_allora(tuned=tuned), backbone, options={"lora_roles": roles, "lora_scale": 1.5})
+    plan = compile(_allora(tuned=tuned), backbone, 0.05, options={"lora_roles": roles, "lora_scale": 1.5})
     assert len({m.size for m in plan.modules}) > 1
     model = PETModel(backbone, plan, num_labels=2)
     randomise(model)
@@ -190,31 +195,31 @@ def test_minilm_export_folder_loads_in_peft_with_our_outputs(minilm_saved, tmp_p
 
 
 @pytest.mark.parametrize("design,family,options,message", [
-    (s4_design(0.05), "bert", {}, r"adapter in layer 0: peft has no sequential bottleneck.*; "
+    (s4_design(), "bert", {}, r"adapter in layer 0: peft has no sequential bottleneck.*; "
                                   r"prefix in layer 1 \(length \d+\): .*; bitfit in layer 2: peft has no bias-only tuner"),
-    (single_strategy("bitfit", 0.05), "llama", {}, r"bitfit in layer 0: peft has no bias-only tuner"),
-    (single_strategy("prefix", 0.05), "bert", {}, r"prefix in layer 0 \(length 10\): peft's prefix tuning has one length"),
-    (Design(tuned_groups=(2, 3), strategies=(("prefix",),) * 4, budget=0.05), "bert", {},
+    (single_strategy("bitfit"), "llama", {}, r"bitfit in layer 0: peft has no bias-only tuner"),
+    (single_strategy("prefix"), "bert", {}, r"prefix in layer 0 \(length 10\): peft's prefix tuning has one length"),
+    (Design(tuned_groups=(2, 3), strategies=(("prefix",),) * 4), "bert", {},
      r"prefix in 2 of 4 layers: peft's prefix tuning puts prefixes in every layer"),
     (_allora(), "gpt2", {}, r"LoRA on attn_q in layer 0: .*part \(1 of 3\) of the fused projection h\.0\.attn\.c_attn"),
 ])
 def test_what_peft_cannot_express_is_one_line_error(design, family, options, message):
     backbone = tiny_backbone(family)
     with pytest.raises(DesignSpaceError, match=message) as info:
-        to_peft(compile(design, backbone, options=options), backbone)
+        to_peft(compile(design, backbone, 0.05, options=options), backbone)
     assert "\n" not in str(info.value)
 
 
 def test_equal_prefixes_everywhere_are_refused_for_another_reason():
     backbone = tiny_backbone("bert")
-    plan = compile(single_strategy("prefix", 0.05), backbone)
+    plan = compile(single_strategy("prefix"), backbone, 0.05)
     equal = replace(plan, modules=tuple(replace(m, size=9) for m in plan.modules))
     assert "prefix (length 9 in every layer): peft's PrefixTuningConfig(num_virtual_tokens=9)" in unsupported(equal)
 
 
 def test_export_of_saved_s4_fails_before_reading_the_backbone(tmp_path):
     backbone = tiny_backbone("bert")  # 'tiny-bert' cannot be loaded by name: the error must come first
-    save_trained(PETModel(backbone, compile(s4_design(0.05), backbone), 2), None, tmp_path, "sst2")
+    save_trained(PETModel(backbone, compile(s4_design(), backbone, 0.05), 2), None, tmp_path, "sst2")
     with pytest.raises(DesignSpaceError, match="adapter in layer 0"):
         export_peft(tmp_path, tmp_path / "peft")
     assert not (tmp_path / "peft").exists()

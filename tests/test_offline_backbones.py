@@ -35,10 +35,14 @@ def test_minilm_resolves_to_bert_folder_that_loads_offline():
     assert torch.isfinite(out).all()
 
 
-def test_unknown_name_and_local_path_pass_through(tmp_path):
-    assert resolve_backbone_path("minilm-l12") == "minilm-l12"
+def test_hub_ids_and_model_folders_pass_through_and_unknown_names_do_not(tmp_path):
     assert resolve_backbone_path("org/some-model") == "org/some-model"
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_backbone_path(str(tmp_path)) == str(tmp_path)
+    # A misspelt short name used to pass through and fail deep inside transformers.
+    with pytest.raises(DesignSpaceError, match="'minilm-l12' is not a short name") as err:
+        resolve_backbone_path("minilm-l12")
+    assert "\n" not in str(err.value)
 
 
 def test_missing_package_gives_one_line_install_hint(monkeypatch):

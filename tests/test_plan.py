@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from designspace import Design, DesignSpace, DesignSpaceError, Plan, compile
-from designspace.space import layer_groups, s4_design
+from designspace import Design, DesignSpace, DesignSpaceError, Plan, compile_plan
+from designspace.presets import S4
+from designspace.space import layer_groups
 from designspace.strategies import registry
+
+compile = compile_plan  # noqa: A001 - the tests read as before; the package no longer shadows the builtin
+
+
+def s4_design() -> Design:
+    return S4
 
 N_SAMPLED = 200
 
@@ -75,9 +83,8 @@ def test_bitfit_everywhere_does_not_fit_a_tenth_of_a_percent(minilm):
 
 
 def test_plan_touches_exactly_the_tuned_groups(minilm):
-    design = s4_design().with_budget(0.005)
-    design = Design(**{**design.__dict__, "tuned_groups": (2, 4)})
-    plan = compile(design, minilm)
+    design = replace(S4, tuned_groups=(2, 4))
+    plan = compile(design, minilm, 0.005)
     groups = layer_groups(6, design.grouping)
     assert plan.groups == tuple(groups) == (1, 2, 2, 3, 3, 4)
     for layer in range(6):
@@ -114,12 +121,12 @@ def test_options_choose_roles_and_are_carried(minilm):
     assert all_attn.options["lora_roles"][1] == "attn_k"
 
 
-def test_compile_validates_the_budget_and_defaults_to_the_designs(minilm):
-    design = s4_design(budget=0.002)
-    assert compile(design, minilm).budget == 0.002
-    for bad in (0, 1.0, "half"):
+def test_compile_validates_the_budget_and_defaults_to_half_a_percent(minilm):
+    assert compile(S4, minilm).budget == 0.005
+    assert compile(S4, minilm, 0.002).budget == 0.002
+    for bad in (0, 1.0, "half", None, float("nan"), -0.01, 5):
         with pytest.raises(DesignSpaceError, match="budget") as err:
-            compile(design, minilm, bad)
+            compile(S4, minilm, bad)
         assert "\n" not in str(err.value)
 
 
@@ -132,3 +139,43 @@ def test_plan_round_trips_through_dict_and_json(minilm, tmp_path):
     again = Plan.load(tmp_path / "plan.json")
     assert again.params == plan.params and again.design_id == s4_design().id
     assert len(plan.table().splitlines()) == 2 + plan.n_layers
+
+
+def test_sizes_are_capped_by_the_layers_width():
+    """A 32-wide layer cannot take a rank above 32 (it got rank 113 before): the rest stays unspent."""
+    import sys
+
+    sys.path.insert(0, "tests")
+    from tiny import tiny_backbone
+
+    bb = tiny_backbone("bert")
+    plan = compile(Design(grouping="uniform", strategies=(("lora",),) * 4), bb, 0.5)
+    assert plan.modules and all(m.size <= 32 for m in plan.modules)
+    assert plan.params < plan.budget_params
+    adapters = compile(Design(grouping="uniform", strategies=(("adapter",),) * 4), bb, 0.5)
+    assert all(m.size <= 32 for m in adapters.modules)
+
+
+def test_a_role_the_role_map_lacks_is_one_line():
+    """Phi has no ln_ffn (one norm before parallel attention and FFN): BitFit's default roles need it."""
+    import transformers as T
+
+    from designspace.backbones import Backbone
+
+    with __import__("torch").device("meta"):
+        model = T.AutoModel.from_config(T.PhiConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                                    num_attention_heads=4, vocab_size=64))
+    bb = Backbone.from_model(model, name="tiny-phi")
+    with pytest.raises(DesignSpaceError) as err:
+        compile(Design(strategies=(("bitfit",),) * 4), bb, 0.05)
+    msg = str(err.value)
+    assert "\n" not in msg and "bitfit needs role(s) ln_ffn" in msg and "bitfit_roles" in msg
+    ok = compile(Design(strategies=(("bitfit",),) * 4), bb, 0.05,
+                 options={"bitfit_roles": ["attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out", "ln_attn"]})
+    assert ok.params > 0
+
+
+def test_unknown_plan_options_are_refused(minilm):
+    with pytest.raises(DesignSpaceError, match=r"options\.lora_rank") as err:
+        compile(S4, minilm, 0.005, options={"lora_rank": 4})
+    assert "\n" not in str(err.value)

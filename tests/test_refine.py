@@ -1,195 +1,220 @@
-"""The refiner's decisions on synthetic scores: it must find a real winner and admit a tie."""
+"""The refiner end to end: paired stages on a known truth (the synthetic scorer: same pool, store and
+refiner code path as training), resume, refusals, and one refinement that trains a tiny model."""
 
 from __future__ import annotations
 
-import random
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
-import numpy as np
 import pytest
 
-from designspace.experiment import Experiment
-from designspace.refine import Refiner, design_scores, replicate_noise
-from designspace.space import DesignSpace
-from designspace.stats import bootstrap_ci, compare, designs_needed, edf, separated
-from designspace.store import TrialStore
+from designspace import Design, DesignSpace, DesignSpaceError, Experiment, TrialStore
+from designspace.refine import Refiner, load_states
+from designspace.regime import Regime
+from designspace.report import render, status
 
-TRUE_GROUPING = {"increasing": 70.0, "uniform": 71.0, "decreasing": 69.0, "spindle": 74.0, "bottleneck": 70.5}
-
-
-def synthetic_rows(designs, truth, noise, seed, tasks=("sst2", "rte"), seeds=(0,)):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for d in designs:
-        for s in seeds:
-            for t in tasks:
-                score = (truth(d) + rng.normal(0, noise)) / 100
-                rows.append({"design_id": d.id, "task": t, "seed": s, "status": "ok", "score": score})
-    return rows
+TRUTH = {"grouping": {"spindle": 3.0}, "allocation": {"uniform": 2.0}}
 
 
-def _refiner(tmp_path, tasks=("sst2", "rte")):
-    exp = Experiment(name="synthetic", tasks=tasks, output=str(tmp_path))
-    return Refiner(exp, store=TrialStore(tmp_path / "trials.sqlite"), log=lambda m: None)
+def synthetic(tmp_path, name="syn", **kw) -> Experiment:
+    scorer = kw.pop("scorer", {"effects": TRUTH, "noise_sd": 0.8, "n_layers": 6})
+    d = {"name": name, "tasks": ["sst2"], "backend": "sequential", "blocks": 4, "max_rounds": 3,
+         "space": {"tuned_groups": [[1, 2, 3, 4], [1, 2]], "strategies": {g: [["lora"], ["adapter"]] for g in
+                                                                          ("G1", "G2", "G3", "G4")}},
+         "scorer": {"synthetic": scorer}, "output": str(tmp_path / name), **kw}
+    return Experiment.from_dict(d)
 
 
-def test_refiner_picks_the_truly_best_choice(tmp_path):
-    space = DesignSpace()
-    designs = space.sample_balanced("grouping", 5 * 6, seed=1)
-    rows = synthetic_rows(designs, lambda d: TRUE_GROUPING[d.grouping], noise=1.5, seed=0)
-    decision = _refiner(tmp_path)._decide("grouping", rows, designs)
-    assert decision.best == "spindle"
-    assert decision.confidence == "high"
-    assert decision.margin_ci[0] > 0
-    assert [c.n for c in decision.choices] == [6] * 5
-    assert all(c.p_vs_best is not None for c in decision.choices[1:])
-    assert decision.choices[-1].p_vs_best < 0.01  # spindle vs the worst choice: clearly apart
+def run(exp) -> Design:
+    return Refiner(exp, log=lambda m: None, progress=False).run()
 
 
-def test_refiner_reports_low_confidence_when_choices_are_equal(tmp_path):
-    # Equal choices: over repeated stages the refiner must mostly say "low", and its margin CI
-    # must straddle zero most of the time (a single draw can be unlucky, so count).
-    space = DesignSpace()
-    refiner = _refiner(tmp_path)
-    low = straddle = 0
-    for rep in range(20):
-        designs = space.sample_balanced("allocation", 3 * 6, seed=rep)
-        rows = synthetic_rows(designs, lambda d: 75.0, noise=2.0, seed=100 + rep)
-        decision = refiner._decide("allocation", rows, designs)
-        low += decision.confidence == "low"
-        straddle += decision.margin_ci[0] < 0 < decision.margin_ci[1]
-    assert low >= 16
-    assert straddle >= 16
+def test_a_real_winner_is_separated_and_equal_choices_are_not(tmp_path):
+    exp = synthetic(tmp_path)
+    design = run(exp)
+    assert (design.grouping, design.allocation) == ("spindle", "uniform")
+    states = {s.component: s for s in load_states(TrialStore(exp.store_path))}
+    assert states["grouping"].status == "separated" and states["grouping"].kept == ["spindle"]
+    # 6 layers in 4 groups: uniform and decreasing are one partition, merged and trained once.
+    assert "uniform=decreasing" in states["grouping"].labels and len(states["grouping"].classes) == 4
+    # Strategy sets make no difference in this truth: the stage may not claim one is worse.
+    for g in range(1, 5):
+        st = states[f"strategies.G{g}"]
+        assert st.status in ("tie", "unresolved") and set(st.kept) == {"{lora}", "{adapter}"}
 
 
-def test_failed_trials_are_left_out_and_said(tmp_path):
-    space = DesignSpace()
-    designs = space.sample_balanced("grouping", 10, seed=4)
-    rows = synthetic_rows(designs, lambda d: TRUE_GROUPING[d.grouping], noise=0.1, seed=0)
-    rows[0]["status"] = "failed"
-    rows[0]["score"] = None
-    decision = _refiner(tmp_path)._decide("grouping", rows, designs)
-    assert sum(c.n for c in decision.choices) == 9  # the design with a failed task has no score
-    assert "left out" in decision.note
+def test_elimination_stops_training_the_losers(tmp_path):
+    exp = synthetic(tmp_path, stages=["grouping"], scorer={"effects": {"grouping": {"spindle": 6.0}},
+                                                          "noise_sd": 0.8, "n_layers": 24})
+    run(exp)
+    (state,) = load_states(TrialStore(exp.store_path))
+    assert state.status == "separated"
+    # Round 1 trains every choice; once eliminated, a choice is not trained again.
+    assert len(state.rounds) >= 1 and len(state.rounds[0].alive) == 5
+    if len(state.rounds) > 1:
+        assert len(state.rounds[1].alive) < 5
 
 
-def test_design_scores_average_tasks_and_need_every_task():
-    rows = [
-        {"design_id": "a", "task": "sst2", "seed": 0, "status": "ok", "score": 0.80},
-        {"design_id": "a", "task": "rte", "seed": 0, "status": "ok", "score": 0.60},
-        {"design_id": "b", "task": "sst2", "seed": 0, "status": "ok", "score": 0.90},
-        {"design_id": "a", "task": "sst2", "seed": 1, "status": "ok", "score": 0.10},
-    ]
-    assert design_scores(rows, 0, ("sst2", "rte")) == pytest.approx({"a": 70.0})
+def test_a_rerun_trains_nothing_and_changes_nothing(tmp_path):
+    exp = synthetic(tmp_path, blocks="auto", resolution=1.0, max_blocks=12)
+    first = run(exp)
+    store = TrialStore(exp.store_path)
+    n, states = len(store.records()), [s.to_dict() for s in load_states(store)]
+    assert run(exp) == first
+    assert len(store.records()) == n and [s.to_dict() for s in load_states(store)] == states
 
 
-def test_replicate_noise_is_the_seed_to_seed_std():
-    rows = []
-    for seed, score in ((0, 0.80), (1, 0.84)):
-        rows.append({"design_id": "a", "task": "sst2", "seed": seed, "status": "ok", "score": score})
-    # two values 80 and 84: sample std = 2.828
-    assert replicate_noise(rows, ("sst2",)) == pytest.approx(2 ** 1.5, rel=1e-6)
-    assert replicate_noise(rows[:1], ("sst2",)) is None
+def test_killed_and_resumed_ends_identical_to_an_uninterrupted_run(tmp_path):
+    whole = synthetic(tmp_path, "whole")
+    want = run(whole)
+    killed = synthetic(tmp_path, "killed")
+    code = textwrap.dedent(f"""
+        import time, yaml
+        from designspace import Experiment
+        from designspace.pool import scorer
+        from designspace.refine import Refiner
+        real = scorer.SyntheticScorer.__call__
+        def slow(self, spec):
+            time.sleep(0.01)
+            return real(self, spec)
+        scorer.SyntheticScorer.__call__ = slow
+        Refiner(Experiment.load({str(tmp_path / 'killed.yaml')!r}), progress=False).run()
+    """)
+    import yaml
+
+    d = killed.to_dict()
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump({k: v for k, v in d.items() if v is not None}))
+    for _ in range(3):  # kill it at a few points, then let it finish
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    got = run(Experiment.load(tmp_path / "killed.yaml"))
+    assert got == want
+    a = {r.key: r.score for r in TrialStore(whole.store_path).records()}
+    b = {r.key: r.score for r in TrialStore(killed.store_path).records()}
+    assert a == b, "same trials, same scores"
+    sa = [s.to_dict() | {"name": s.name} for s in load_states(TrialStore(whole.store_path))]
+    sb = [s.to_dict() | {"name": s.name} for s in load_states(TrialStore(killed.store_path))]
+    assert sa == sb, "same plans, same decisions"
 
 
-def test_stats_helpers():
-    assert bootstrap_ci([3.0]) == (3.0, 3.0)
-    lo, hi = bootstrap_ci([1, 2, 3, 4, 5], seed=0)
-    assert lo < 3 < hi
-    x, f = edf([3, 1, 2])
-    assert x == [1, 2, 3] and f == pytest.approx([1 / 3, 2 / 3, 1])
-    # more noise or a smaller effect needs more designs
-    assert designs_needed(2.3, 1.0, 5) > designs_needed(2.3, 2.0, 5) > designs_needed(1.0, 2.0, 5) >= 2
-    d = compare("x", {"a": [10, 11, 12], "b": [1, 2, 3]})
-    assert separated(d) and d.best == "a"
+@pytest.mark.parametrize("change", [{"budget": 0.01}, {"data_seed": 1}, {"backbone": "smollm2-135m"},
+                                    {"regime": {"n_train": 300}}])
+def test_an_edited_experiment_under_an_existing_store_is_refused(tmp_path, change):
+    """Before, a changed backbone or data seed trained nothing and reported the old rows as the new."""
+    exp = synthetic(tmp_path, stages=["grouping"])
+    run(exp)
+    field = next(iter(change))
+    edited = Experiment.from_dict({**{k: v for k, v in exp.to_dict().items() if v is not None},
+                                   "regime": exp.regime.to_dict(), **change})
+    with pytest.raises(DesignSpaceError, match=f"{field} differs from the experiment recorded") as e:
+        run(edited)
+    assert "\n" not in str(e.value) and "output" in str(e.value)
+    # How it runs is not what it is: another engine is fine.
+    run(Experiment.from_dict({**{k: v for k, v in exp.to_dict().items() if v is not None}, "n_jobs": 1}))
 
 
-def test_compare_with_random_ties_is_rarely_confident():
-    # Equal choices, many repeats: "high" confidence must be rare (a false discovery).
-    rng = random.Random(0)
-    high = 0
-    for rep in range(40):
-        scores = {c: [rng.gauss(70, 2) for _ in range(5)] for c in "abcde"}
-        high += compare("x", scores, seed=rep, n_boot=500).confidence == "high"
-    assert high <= 4
+def test_lost_trials_stop_the_stage_with_one_line(tmp_path):
+    exp = synthetic(tmp_path, stages=["grouping"], backend="loky", n_jobs=1, retries=0)
+    refiner = Refiner(exp, log=lambda m: None, progress=False)
+
+    class Crashing(type(refiner.scorer)):  # every block's bottleneck design kills its worker
+        def __call__(self, spec):
+            if spec.design.grouping == "bottleneck":
+                os._exit(1)
+            return super().__call__(spec)
+
+    refiner.scorer = Crashing(**{k: getattr(refiner.scorer, k) for k in ("effects", "noise_sd")})
+    with pytest.raises(DesignSpaceError, match="no finished trial for an infrastructure reason") as e:
+        refiner.run()
+    assert "\n" not in str(e.value) and "bottleneck" in str(e.value)
+    assert load_states(TrialStore(exp.store_path))[0].status == "running"
 
 
-def test_one_design_per_choice_is_not_high_confidence_without_noise():
-    d = compare("x", {"a": [80.0], "b": [79.0], "c": [70.0]})
-    assert d.confidence == "low" and "untested" in d.note
-    # With a measured per-design noise the same scores get honest CIs instead of zero-width ones.
-    d = compare("x", {"a": [80.0], "b": [79.0], "c": [70.0]}, noise_sd=2.0)
-    assert d.choices[0].ci[0] < 80.0 < d.choices[0].ci[1]
-    assert d.confidence == "low"  # 1 point apart with 2 points of noise: not separable
-    assert d.p_best < 0.8
-    d = compare("x", {"a": [90.0], "b": [70.0]}, noise_sd=2.0)
-    assert d.confidence == "high"  # 20 points apart with 2 points of noise
-
-
-def test_replicate_noise_falls_back_to_the_prior_with_few_replicates():
-    rows = [{"design_id": "a", "task": "sst2", "seed": s, "status": "ok", "score": v} for s, v in ((0, 0.80), (1, 0.801))]
-    assert replicate_noise(rows, ("sst2",)) == pytest.approx(0.0707, rel=1e-2)
-    assert replicate_noise(rows, ("sst2",), prior=2.3) == 2.3  # one replicated design: too few to trust 0.07
-    assert replicate_noise([], ("sst2",), prior=2.3) == 2.3
+def test_a_space_of_three_groups_has_three_strategy_stages(tmp_path):
+    """DEFAULT_STAGES named strategies.G4, so an n_groups: 3 space failed."""
+    exp = synthetic(tmp_path, space={"n_groups": 3, "tuned_groups": [[1, 2, 3]],
+                                     "strategies": {g: [["lora"], ["bitfit"]] for g in ("G1", "G2", "G3")}})
+    assert exp.stages[-1] == "strategies.G3" and len(exp.stages) == 6
+    assert run(exp).n_groups == 3
 
 
 def test_strategy_stage_of_an_untuned_group_is_skipped(tmp_path):
-    space = DesignSpace().restrict("tuned_groups", (2, 3))
-    refiner = _refiner(tmp_path)
-    narrowed = refiner.skip_untuned(3, "strategies.G1", space)
-    assert narrowed is not None and len(narrowed.choices("strategies.G1")) == 1
-    assert refiner.store.meta_get("skipped:4-strategies.G1")
-    assert refiner.skip_untuned(4, "strategies.G2", space) is None  # G2 is tuned: a real stage
-    assert refiner.skip_untuned(0, "grouping", space) is None
+    exp = synthetic(tmp_path, space={"tuned_groups": [[2, 3]]})
+    run(exp)
+    states = {s.component: s for s in load_states(TrialStore(exp.store_path))}
+    assert states["strategies.G1"].status == "skipped" and "G1 is not tuned" in states["strategies.G1"].note
+    assert states["strategies.G2"].status != "skipped"
 
 
-def test_refinement_with_racing_runs_end_to_end_and_resumes(tmp_path, tiny_bert_dir):
-    from designspace.refine import status
-    from designspace.report import render
-    from designspace.train import Regime
-
-    exp = Experiment(
-        name="racing",
-        backbone=tiny_bert_dir,
-        tasks=("sst2",),
-        budget=0.05,
-        regime=Regime(n_train=32, n_dev=32, batch_size=16, max_length=32),
-        space=DesignSpace(groupings=("spindle", "uniform"), allocations=("uniform",), budget=0.05),
-        stages=("grouping",),
-        designs_per_choice=1,
-        racing=True,
-        max_designs_per_choice=3,
-        replicates=1,
-        backend="sequential",
-        output=str(tmp_path / "out"),
-    )
-    store = TrialStore(exp.store_path)
-    design = Refiner(exp, store=store, log=lambda m: None).run()
-    assert design.grouping in ("spindle", "uniform") and (tmp_path / "out" / "design.yaml").is_file()
-    decision = store.meta_get("decision:1-grouping")
-    counts = {c["choice"]: c["n"] for c in decision["choices"]}
-    separated_ci = decision["choices"][0]["ci"][0] > decision["choices"][1]["ci"][1]
-    # Racing adds designs to the two leaders until their CIs separate or the cap is reached.
-    assert separated_ci or min(counts.values()) == 3
-    n_trials = len(store.trials())
-    Refiner(exp, store=store, log=lambda m: None).run()  # a rerun resumes: nothing left to run
-    assert len(store.trials()) == n_trials
-    assert "all stages decided" in status(exp)
-    assert "Decision:" in render(exp, store)
+def test_status_and_report_say_what_each_interval_means(tmp_path):
+    exp = synthetic(tmp_path)
+    run(exp)
+    text = status(exp)
+    assert "1-grouping" in text and "separated: spindle" in text and "final design" in text
+    report = render(exp, TrialStore(exp.store_path))
+    assert "How to read the intervals" in report and "shown worse" in report.lower()
+    assert "budget 0.500%" in report and "selection split of 1000 examples" in report
 
 
-def test_missing_data_fails_before_any_work_and_all_failed_stage_is_a_clear_error(tmp_path, tiny_bert_dir):
-    from designspace.errors import DesignSpaceError
-    from designspace.train import Regime
+def test_bad_experiment_files_are_one_line(tmp_path):
+    bad = {"designs_per_choice": 2, "blocks": 1, "alpha": 0.9, "stages": ["strategies.G5"],
+           "regime": {"eval_batch_size": 0}, "selection": -1, "decision": "vote", "colour": "red"}
+    for key, value in bad.items():
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(f"name: x\n{key}: {value!r}\n".replace("'", '"') if not isinstance(value, dict)
+                        else f"name: x\n{key}: {value}\n")
+        with pytest.raises(DesignSpaceError) as e:
+            Experiment.load(path)
+        assert "\n" not in str(e.value) and key.split(".")[0] in str(e.value), (key, str(e.value))
 
+
+def test_missing_data_and_a_too_shallow_backbone_fail_before_any_work(tmp_path, tiny_bert_dir):
     exp = Experiment(name="bad", backbone=tiny_bert_dir, tasks=("sst2",), data_dir=str(tmp_path / "nowhere"),
                      output=str(tmp_path / "out"), backend="sequential")
-    with pytest.raises(DesignSpaceError, match="nowhere/SST-2/train.tsv"):
+    with pytest.raises(DesignSpaceError, match="nowhere/SST-2"):
         Refiner(exp, log=lambda m: None).run()
-    assert not (tmp_path / "out" / "trials.sqlite").exists()
-    # Every design is infeasible at this budget: the stage stops with one line, not a traceback.
-    exp = Experiment(name="tiny-budget", backbone=tiny_bert_dir, tasks=("sst2",), budget=1e-6,
-                     regime=Regime(n_train=16, n_dev=16), space=DesignSpace(groupings=("uniform", "spindle"), budget=1e-6),
-                     stages=("grouping",), designs_per_choice=1, replicates=0, output=str(tmp_path / "out2"),
+    assert not (tmp_path / "out").exists()
+    # A 4-layer model with a 5-group space: refused before training anything (it failed after trials).
+    deep = Experiment(name="deep", backbone=tiny_bert_dir, tasks=("sst2",), output=str(tmp_path / "out2"),
+                      space=DesignSpace(n_groups=5), backend="sequential")
+    with pytest.raises(DesignSpaceError, match="4 layers, fewer than the space's n_groups=5"):
+        Refiner(deep, log=lambda m: None).run()
+    assert not (tmp_path / "out2").exists()
+    unknown = Experiment(name="u", backbone="minilm-l12", tasks=("sst2",), output=str(tmp_path / "out3"))
+    with pytest.raises(DesignSpaceError, match="'minilm-l12' is not a short name"):
+        Refiner(unknown, log=lambda m: None).run()
+    assert not (tmp_path / "out3").exists()
+
+
+def test_a_refinement_that_trains_a_tiny_model_runs_and_resumes(tmp_path, tiny_bert_dir, glue_root):
+    exp = Experiment(
+        name="tiny", backbone=tiny_bert_dir, tasks=("sst2",), budget=0.05, selection=64,
+        regime=Regime(n_train=32, n_dev=32, batch_size=16, max_length=32),
+        space=DesignSpace(n_groups=2, groupings=("increasing", "decreasing"), allocations=("uniform",),
+                          tuned_groups=((1, 2),), strategy_pool=("lora",)),
+        stages=("grouping",), blocks=2, max_rounds=1, backend="sequential", output=str(tmp_path / "out"),
+    )
+    store = TrialStore(exp.store_path)
+    design = Refiner(exp, store=store, log=lambda m: None, progress=False).run()
+    assert design.grouping in ("increasing", "decreasing") and (tmp_path / "out" / "design.yaml").is_file()
+    records = store.records()
+    assert len(records) == 4 and all(r.ok and r.spec.eval_split == "select" and r.n_eval == 64 for r in records)
+    assert all(len(r.predictions) == 64 for r in records)
+    Refiner(exp, store=store, log=lambda m: None, progress=False).run()
+    assert len(store.records()) == 4
+
+
+def test_choices_with_one_partition_are_one_choice(tmp_path, tiny_bert_dir):
+    """4 layers in 4 groups: spindle and uniform are both 1/1/1/1; the stage has nothing to compare."""
+    exp = Experiment(name="same", backbone=tiny_bert_dir, tasks=("sst2",), stages=("grouping",),
+                     space=DesignSpace(groupings=("spindle", "uniform")), output=str(tmp_path / "o"),
                      backend="sequential")
-    with pytest.raises(DesignSpaceError, match="no trial finished ok.*too small"):
-        Refiner(exp, log=lambda m: None).run()
+    run(exp)
+    (state,) = load_states(TrialStore(exp.store_path))
+    assert state.status == "skipped" and state.labels == ["spindle=uniform"] and not TrialStore(exp.store_path).records()

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pytest
 
-from designspace import PRESETS, Design, DesignSpace, DesignSpaceError, group_sizes, load_design
-from designspace.space import (
-    ALLOCATION_PATTERNS,
-    GROUPING_PATTERNS,
-    layer_groups,
-    load_yaml,
-    s4_design,
-    save_yaml,
-)
+from designspace import PRESETS, Design, DesignSpace, DesignSpaceError, load_design
+from designspace.files import load_design_file, load_yaml, save_yaml
+from designspace.patterns import same_partition
+from designspace.presets import S4
+from designspace.space import ALLOCATION_PATTERNS, GROUPING_PATTERNS, group_sizes, layer_groups
 
 #: The id of the S4 preset. If this changes, every stored trial loses its design: change the
-#: canonical form only on purpose, and then migrate the stores.
-S4_ID = "296947ef7f2e"
+#: canonical form only on purpose, and then migrate the stores. (The budget left the design in
+#: schema 2: one design compiles to a plan per budget.)
+S4_ID = "34a275960627"
+
+
+def s4_design() -> Design:
+    return S4
 
 ONE_LORA = (("lora",),) * 4
 
@@ -60,14 +60,13 @@ def test_fewer_layers_than_groups_is_an_error(pattern):
 
 
 # --- invalid input --------------------------------------------------------------------------
-BAD_BUDGET = "0 < budget < 1"
 INVALID = {
     "grouping": (lambda: Design(grouping="zigzag"), ["grouping", "'zigzag'", "spindle"]),
     "allocation": (lambda: Design(allocation="random"), ["allocation", "'random'", "decreasing"]),
     "space-grouping": (lambda: DesignSpace(groupings=("zigzag",)), ["groupings", "'zigzag'", "bottleneck"]),
     "space-allocation": (lambda: DesignSpace(allocations=("random",)), ["allocations", "'random'", "uniform"]),
     "strategy": (lambda: Design(strategies=(("lora", "dora"),) * 4), ["strategies.G1", "'dora'", "adapter"]),
-    "space-strategy": (lambda: DesignSpace(strategy_pool=("lora", "ia3")), ["strategy_pool", "'ia3'", "lora"]),
+    "space-strategy": (lambda: DesignSpace(strategy_pool=("lora", "vera")), ["strategy_pool", "'vera'", "ia3"]),
     "empty-set": (lambda: Design(strategies=((),) + ONE_LORA[1:]), ["strategies.G1", "[]", "non-empty", "lnfit"]),
     "empty-set-str": (lambda: Design(strategies=("",) + ONE_LORA[1:]), ["strategies.G1", "non-empty"]),
     "empty-pool": (lambda: DesignSpace(strategy_pool=()), ["strategy_pool", "[]", "non-empty"]),
@@ -75,19 +74,18 @@ INVALID = {
     "tuned-range": (lambda: Design(tuned_groups=(0, 5)), ["tuned_groups", "5", "1..4"]),
     "tuned-scalar": (lambda: Design.from_dict({"tuned_groups": 3}), ["tuned_groups", "3", "1..4"]),
     "space-empty-tuned": (lambda: DesignSpace(tuned_groups=()), ["tuned_groups", "[]", "1..4"]),
-    "budget-zero": (lambda: Design(budget=0), ["budget", "0", BAD_BUDGET]),
-    "budget-negative": (lambda: Design(budget=-0.01), ["budget", "-0.01", BAD_BUDGET]),
-    "budget-one": (lambda: Design(budget=1), ["budget", "1", BAD_BUDGET]),
-    "budget-percent": (lambda: Design(budget=5), ["budget", "5", BAD_BUDGET]),
-    "budget-text": (lambda: Design(budget="cheap"), ["budget", "'cheap'", BAD_BUDGET]),
-    "budget-none": (lambda: Design(budget=None), ["budget", "None", BAD_BUDGET]),
-    "budget-nan": (lambda: Design(budget=float("nan")), ["budget", "nan", BAD_BUDGET]),
-    "space-budget": (lambda: DesignSpace(budget=1.5), ["budget", "1.5", BAD_BUDGET]),
+    "budget-in-design": (lambda: Design.from_dict({"budget": 0.005}), ["design.budget", "0.005", "not part of a design"]),
+    "budget-in-space": (lambda: DesignSpace.from_dict({"budget": 0.005}), ["space.budget", "not part of a design"]),
+    # A group the space does not have was silently dropped before.
+    "space-unknown-group": (
+        lambda: DesignSpace.from_dict({"strategies": {"G1": [["lora"]], "G5": [["lora"]]}}),
+        ["space.strategies.G5", "G1..G4", "n_groups=4"],
+    ),
     "unknown-key": (lambda: Design.from_dict({"groupng": "spindle"}), ["design.groupng", "'spindle'", "grouping"]),
     "space-unknown-key": (lambda: DesignSpace.from_dict({"colour": "red"}), ["space.colour", "'red'", "groupings"]),
     "unknown-group": (
         lambda: Design.from_dict({"strategies": {"G1": ["lora"], "G5": ["lora"]}}),
-        ["strategies", "'G5'", "G4"],
+        ["strategies.G5", "G1..G4"],
     ),
     "missing-group": (lambda: Design.from_dict({"strategies": {"G1": ["lora"]}}), ["strategies", "G2", "every group"]),
     "n-groups": (lambda: Design.from_dict({"n_groups": "two"}), ["n_groups", "'two'", "integer"]),
@@ -113,7 +111,7 @@ BROKEN_YAML = {
     "unclosed-list": ("grouping: spindle\nallocation: [uniform\ntuned_groups: [1]\n", 3),
     "tab-indent": ("grouping: spindle\n\tallocation: uniform\n", 2),
     "nested-colon": ("grouping: spindle\nallocation: uniform: x\n", 2),
-    "bad-alias": ("grouping: spindle\nbudget: *cheap\n", 2),
+    "bad-alias": ("grouping: spindle\nallocation: *cheap\n", 2),
 }
 
 
@@ -144,7 +142,8 @@ def test_bad_design_file_names_file_and_field(tmp_path):
 def _designs() -> list[Design]:
     return [
         s4_design(),
-        Design(grouping="bottleneck", allocation="decreasing", tuned_groups=(2, 4), budget=0.001),
+        Design(grouping="bottleneck", allocation="decreasing", tuned_groups=(2, 4)),
+        Design(strategies=(("ia3",), ("ia3", "lora"), ("bitfit",), ("prefix",))),
         Design(n_groups=3, tuned_groups=(1, 3), strategies=(("lnfit", "lora"), ("adapter",), ("prefix", "bitfit"))),
         *DesignSpace().sample(5, seed=3),
     ]
@@ -172,21 +171,27 @@ def test_design_id_is_stable_and_canonical():
                               "G2": ["prefix", "adapter"], "G1": "lora, adapter"}
     shuffled["tuned_groups"] = [4, 3, 2, 1, 1]
     assert Design.from_dict(shuffled).id == S4_ID
-    assert s4_design().with_budget(0.001).id != S4_ID
+    assert s4_design().with_choice("grouping", "uniform").id != S4_ID
 
 
 def test_presets_load_with_their_strategy():
-    for name, make in PRESETS.items():
-        design = load_design(name)
-        assert design == make()
+    for name, design in PRESETS.items():
+        assert load_design(name) == design
         if name.startswith("all-"):
             assert design.strategies == ((name[4:],),) * 4 and design.tuned_groups == (1, 2, 3, 4)
+    assert PRESETS["unipelt"].strategies[0] == ("adapter", "lora", "prefix")
+
+
+def test_a_design_file_carries_the_budget_it_was_found_at(tmp_path):
+    path = save_yaml({"design": S4.to_dict(), "budget": 0.01}, tmp_path / "found.yaml")
+    assert load_design_file(path) == (S4, 0.01)
+    assert load_design_file("s4") == (S4, None)
 
 
 SPACES = {
     "default": DesignSpace(),
     "narrowed": DesignSpace().restrict("grouping", "spindle").restrict("strategies.G2", [["lora"], ["adapter", "prefix"]]),
-    "three-groups": DesignSpace(n_groups=3, strategy_pool=("lora", "lnfit", "bitfit"), budget=0.01),
+    "three-groups": DesignSpace(n_groups=3, strategy_pool=("lora", "lnfit", "bitfit")),
 }
 
 
@@ -251,18 +256,28 @@ def test_sample_is_contained_unique_and_seeded():
 
 
 @pytest.mark.parametrize("component", ["grouping", "allocation", "tuned_groups", "strategies.G2"])
-def test_sample_balanced_covers_each_choice_equally(component):
-    space = DesignSpace()
-    choices = space.choices(component)
-    designs = space.sample_balanced(component, 3 * len(choices), seed=0)
-    assert all(space.contains(d) for d in designs)
+def test_with_choice_changes_one_component(component):
+    base = S4
+    for choice in DesignSpace().choices(component)[:5]:
+        d = base.with_choice(component, choice)
+        assert d.choice(component) == choice
+        for other in DesignSpace().components():
+            if other != component:
+                assert d.choice(other) == base.choice(other)
 
-    def value(d: Design):
-        if component.startswith("strategies.G"):
-            return d.strategies[int(component[-1]) - 1]
-        return getattr(d, component)
 
-    assert Counter(value(d) for d in designs) == Counter({c: 3 for c in choices})
+def test_identical_partitions_are_one_class():
+    # 6 layers in 4 groups: uniform and decreasing are both 2/2/1/1 (the grouping stage merges them).
+    assert group_sizes(6, "uniform") == group_sizes(6, "decreasing") == [2, 2, 1, 1]
+    classes = same_partition(6, GROUPING_PATTERNS, 4)
+    assert ["uniform", "decreasing"] in classes and sum(len(c) for c in classes) == 5
+    assert all(len(c) == 1 for c in same_partition(24, GROUPING_PATTERNS, 4))
+
+
+def test_a_space_file_that_names_some_groups_keeps_every_set_for_the_others():
+    space = DesignSpace.from_dict({"strategies": {"G2": [["lora"], ["adapter"]]}})
+    assert space.choices("strategies.G2") == (("lora",), ("adapter",))
+    assert len(space.choices("strategies.G1")) == 15
 
 
 def test_pattern_constants_match_the_paper():

@@ -9,16 +9,16 @@ import torch
 from tiny import FAMILIES, tiny_backbone, tiny_batch
 from torch.nn import functional as F
 
-from designspace import Design, DesignSpace, DesignSpaceError, compile
-from designspace.attach import attach
-from designspace.model import PETModel
+from designspace import Design, DesignSpace, DesignSpaceError
+from designspace import compile_plan as compile
+from designspace.attach import PETModule, attach
+from designspace.model import PETModel, shift_right
+from designspace.plan import ModuleSpec, Plan
 from designspace.strategies import registry
-from designspace.strategies.lora import LoRAModule
-from designspace.strategies.prefix import PrefixModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-STRATEGIES = ("adapter", "prefix", "bitfit", "lora", "lnfit")
+STRATEGIES = ("adapter", "prefix", "bitfit", "lora", "lnfit", "ia3")
 #: A tiny model has ~40k parameters; 5 % leaves room for every strategy in every layer.
 TINY_BUDGET = 0.05
 SAMPLED = DesignSpace().sample(3, seed=7)
@@ -35,7 +35,7 @@ def hidden(backbone, ids, mask, **kwargs) -> torch.Tensor:
     """The backbone's last hidden states (for T5: encoder's, then decoder's, along the sequence)."""
     model = backbone.model
     if backbone.is_encoder_decoder:
-        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=model._shift_right(ids), use_cache=False)
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=shift_right(ids, model.config), use_cache=False)
         return torch.cat([out.encoder_last_hidden_state, out.last_hidden_state], dim=1)
     return model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
 
@@ -81,12 +81,7 @@ def test_zero_length_prefix_is_no_prefix(family):
     ids, mask = tiny_batch()
     before = hidden(backbone, ids, mask)
 
-    handles = [h for layer in backbone.layers for h in PrefixModule(0, layer.dim("attn_k")).attach(layer)]
-    torch.testing.assert_close(hidden(backbone, ids, mask), before, **EXACT)
-    for h in handles:
-        h.remove()
-
-    # The same through a plan whose prefix modules have size 0.
+    # A plan whose prefix modules have size 0.
     plan = compile(single(Design(), "prefix"), backbone, TINY_BUDGET)
     zero = replace(plan, modules=tuple(replace(m, size=0, params=0) for m in plan.modules))
     attached = attach(backbone, zero)
@@ -126,6 +121,13 @@ def test_prefix_keeps_padding_masked(family, side):
     torch.testing.assert_close(padded, with_prefix, atol=1e-5, rtol=0)
 
 
+def one_module_plan(backbone, layer_index: int, strategy: str, size: int, roles, options=None) -> Plan:
+    layer = backbone.layers[layer_index]
+    m = ModuleSpec(layer_index, strategy, size, tuple(roles), registry.get(strategy).cost(layer, size, tuple(roles)))
+    n = len(backbone.layers)
+    return Plan(backbone.name, n, backbone.n_params, 0.5, backbone.n_params // 2, (m,), (1,) * n, options=options or {})
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cost_equals_built_parameters(family):
     backbone = tiny_backbone(family)
@@ -135,7 +137,8 @@ def test_cost_equals_built_parameters(family):
             strategy = registry.get(name)
             for roles in {strategy.default_roles, all_linear if name in ("lora", "bitfit") else strategy.default_roles}:
                 for size in (1, 3):
-                    pet = strategy.build(layer, size, roles, {})
+                    spec = ModuleSpec(layer.index, name, size, roles, strategy.cost(layer, size, roles))
+                    pet = PETModule(spec, layer, {}, seed=0)
                     built = sum(p.numel() for p in pet.parameters())
                     assert built == pet.effective_params() == strategy.cost(layer, size, roles), (name, roles, size)
 
@@ -147,40 +150,54 @@ def test_lora_on_a_fused_projection_updates_only_its_part():
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         base = c_attn(x)
-        lora = LoRAModule({"attn_k": layer.roles["attn_k"]}, rank=2, scale=1.0, dropout=0.0)
-        lora.B["attn_k"].fill_(1.0)
-        handles = lora.attach(layer)
+        attached = attach(backbone, one_module_plan(backbone, 0, "lora", 2, ("attn_k",)))
+        next(iter(attached.pets.values())).B["attn_k"].fill_(1.0)
         changed = (c_attn(x) - base).abs().amax(dim=(0, 1)) > 0
-    for h in handles:
-        h.remove()
+    attached.detach()
     assert changed[32:64].all() and not changed[:32].any() and not changed[64:].any()
+
+
+def test_ia3_on_a_fused_projection_scales_only_its_part():
+    backbone = tiny_backbone("gpt2")
+    c_attn = backbone.layers[0].roles["attn_v"].module
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        base = c_attn(x)
+        attached = attach(backbone, one_module_plan(backbone, 0, "ia3", 1, ("attn_v",)))
+        next(iter(attached.pets.values())).scale["attn_v"].fill_(2.0)
+        out = c_attn(x)
+    attached.detach()
+    torch.testing.assert_close(out[..., 64:], 2 * base[..., 64:])
+    torch.testing.assert_close(out[..., :64], base[..., :64])
 
 
 @pytest.mark.parametrize("family", ["bert", "t5", "llama"])
 def test_prefix_reparameterisation_folds_to_the_same_prefixes(family):
     backbone = tiny_backbone(family)
     ids, mask = tiny_batch()
-    pets = [PrefixModule(2, layer.dim("attn_k"), reparam_hidden=8) for layer in backbone.layers]
-    for pet, layer in zip(pets, backbone.layers, strict=True):
-        pet.attach(layer)
+    plan = compile(single(Design(), "prefix"), backbone, TINY_BUDGET)
+    reparam = Plan.from_dict({**plan.to_dict(), "options": {"prefix_reparam_hidden": 8}})
+    attached = attach(backbone, reparam)
+    saved = attached.effective_params()
+    assert saved == plan.params < sum(p.numel() for p in attached.parameters())
     before = hidden(backbone, ids, mask)
-    saved = sum(p.effective_params() for p in pets)
-    for pet in pets:
+    for pet in attached.pets.values():
         pet.fold()
-    assert sum(sum(p.numel() for p in pet.parameters()) for pet in pets) == saved
+    assert sum(p.numel() for p in attached.parameters()) == saved
     torch.testing.assert_close(hidden(backbone, ids, mask), before, atol=1e-5, rtol=0)
+    attached.detach()
 
 
 def test_unknown_strategy_is_a_one_line_error():
-    with pytest.raises(DesignSpaceError, match="strategy='ia3' is invalid; allowed: .*lora") as err:
-        registry.get("ia3")
+    with pytest.raises(DesignSpaceError, match="strategy='vera' is invalid; allowed: .*lora") as err:
+        registry.get("vera")
     assert "\n" not in str(err.value)
 
 
 def test_adapter_on_attn_o_and_two_lora_modules_in_one_layer_attach_as_planned():
     from designspace.attach import module_key
-    from designspace.plan import ModuleSpec, Plan
-    from designspace.train import Regime, _param_groups
+    from designspace.regime import Regime
+    from designspace.train import param_groups
 
     backbone = tiny_backbone("bert")
     layer = backbone.layers[1]
@@ -199,8 +216,8 @@ def test_adapter_on_attn_o_and_two_lora_modules_in_one_layer_attach_as_planned()
     assert len(attn_o._forward_hooks) == hooks + 1  # the attention adapter sits on attn_o
     assert set(model.pet.pets) == {"L1_adapter__attn_o", "L1_adapter", "L1_lora__attn_q",
                                    "L1_lora__attn_k", "L1_bitfit"}
-    assert [p.strategy for p in model.pet.pets.values()] == [m.strategy for m in modules]
-    assert {g["name"] for g in _param_groups(model, Regime())} == {"adapter", "lora", "bitfit", "head"}
+    assert [p.strategy_name for p in model.pet.pets.values()] == [m.strategy for m in modules]
+    assert {g["name"] for g in param_groups(model, Regime())} == {"adapter", "lora", "bitfit", "head"}
     assert module_key(1, "adapter", ("ffn_out",)) == "L1_adapter"  # default roles: the old key
     ids, mask = tiny_batch()
     F.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0])).backward()

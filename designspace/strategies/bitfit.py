@@ -8,52 +8,53 @@ stays frozen and the PET weights stay self-contained.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from ..backbones.roles import Layer, linear_dims
-from .base import PETModule, Strategy, add_to_output
+from .base import Strategy
 
 ROLES = ("attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out", "ln_attn", "ln_ffn")
 
 
-def distinct_modules(layer: Layer, roles) -> dict[str, nn.Module]:
-    """Role -> module, one role per module (GPT-2's fused qkv is one module, one bias)."""
-    seen, out = set(), {}
+def distinct_roles(layer, roles) -> tuple[str, ...]:
+    """One role per module: GPT-2's fused qkv is one module with one bias, held by its first role."""
+    seen, out = set(), []
     for r in roles:
         m = layer.roles[r].module
         if id(m) not in seen:
             seen.add(id(m))
-            out[r] = m
-    return out
+            out.append(r)
+    return tuple(out)
 
 
-class BitFitModule(PETModule):
-    def __init__(self, layer: Layer, roles):
-        super().__init__()
-        self.mods = distinct_modules(layer, roles)
-        self.bias = nn.ParameterDict({r: nn.Parameter(torch.zeros(linear_dims(m)[1])) for r, m in self.mods.items()})
-
-    def attach(self, layer: Layer) -> list:
-        handles = []
-        for role in self.mods:
-            def hook(module, args, output, role=role):
-                return add_to_output(output, lambda o: o + self.bias[role])
-
-            handles.append(layer.roles[role].module.register_forward_hook(hook))
-        return handles
+def _width(ref) -> int:
+    return ref.out_features * ref.n_parts  # the whole module's output
 
 
 class BitFit(Strategy):
     name = "bitfit"
+    label = "B"
+    size_symbol = ""
+    lr = 5e-3
+    color = "tab:green"
+    peft_note = "peft has no bias-only tuner (LoRA's bias option trains existing biases of LoRA targets only)"
     sized = False
     default_roles = ROLES
 
-    def base_cost(self, layer: Layer, roles) -> int:
-        return sum(linear_dims(m)[1] for m in distinct_modules(layer, roles).values())
+    def base_cost(self, layer, roles) -> int:
+        return sum(_width(layer.roles[r]) for r in distinct_roles(layer, roles))
 
-    def unit_cost(self, layer: Layer, roles) -> int:
+    def unit_cost(self, layer, roles) -> int:
         return 0
 
-    def build(self, layer: Layer, size: int, roles, options: dict) -> PETModule:
-        return BitFitModule(layer, roles)
+    def init(self, layer, size, role, roles, options):
+        import torch
+
+        if role not in distinct_roles(layer, roles):
+            return {}
+        return {f"bias.{role}": torch.zeros(_width(layer.roles[role]))}
+
+    def transform(self, pet, role, x, out):
+        if role not in pet.bias:
+            return out
+        return out + pet.bias[role]
+
+
+STRATEGY = BitFit()

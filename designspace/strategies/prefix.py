@@ -2,109 +2,132 @@
 
 One implementation for every family: transformers >= 5 routes attention through
 ``ALL_ATTENTION_FUNCTIONS`` with the attention module as first argument, so we register an
-attention function that prepends the module's prefix keys and values, widens the mask and T5's
-position bias, and then calls the implementation the model was using (sdpa or the family's eager).
+attention function that prepends the prefixes of every design attached to that module (each on its
+own rows of the batch, shorter prefixes padded and masked), widens the mask and T5's position bias,
+and then calls the implementation the model was using (sdpa or the family's eager).
 """
 
 from __future__ import annotations
 
 import sys
 
-import torch
-from torch import nn
+from .base import Strategy
 
-from ..backbones.roles import Layer
-from .base import PETModule, Strategy
-
-_PREFIX_ATTR = "_designspace_prefix"
 _IMPL_PREFIX = "designspace_"
-
-
-class PrefixModule(PETModule):
-    """``length`` key and value vectors per layer, stored flat as (length, kv_dim).
-
-    With ``reparam_hidden`` > 0 the prefixes are produced by a small MLP while training (Li & Liang
-    found this stabilises optimisation); ``fold()`` replaces it by the plain prefixes it produces.
-    """
-
-    def __init__(self, length: int, kv_dim: int, reparam_hidden: int = 0, init_std: float = 0.5):
-        super().__init__()
-        self.length, self.kv_dim = length, kv_dim
-        self.reparam_hidden = reparam_hidden
-        if reparam_hidden > 0:
-            self.embed = nn.Parameter(torch.randn(length, kv_dim) * init_std)
-            self.mlp = nn.Sequential(
-                nn.Linear(kv_dim, reparam_hidden), nn.Tanh(), nn.Linear(reparam_hidden, 2 * kv_dim)
-            )
-        else:
-            self.key = nn.Parameter(torch.randn(length, kv_dim) * init_std)
-            self.value = nn.Parameter(torch.randn(length, kv_dim) * init_std)
-
-    def kv(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.reparam_hidden > 0:
-            k, v = self.mlp(self.embed).chunk(2, dim=-1)
-            return k, v
-        return self.key, self.value
-
-    def effective_params(self) -> int:
-        return 2 * self.length * self.kv_dim
-
-    @torch.no_grad()
-    def fold(self) -> None:
-        """Replace the training-time MLP by the prefixes it currently produces."""
-        if self.reparam_hidden <= 0:
-            return
-        k, v = self.kv()
-        del self.embed, self.mlp
-        self.reparam_hidden = 0
-        self.key, self.value = nn.Parameter(k.detach().clone()), nn.Parameter(v.detach().clone())
-
-    def attach(self, layer: Layer) -> list:
-        attn = layer.roles["attn"].module
-        # Plain attribute, not a registered submodule: the prefix belongs to the PET modules,
-        # not to the (frozen) backbone's parameters or state dict.
-        object.__setattr__(attn, _PREFIX_ATTR, self)
-        _route_attention(attn)
-
-        class _Handle:
-            def remove(self_inner):
-                if attn.__dict__.get(_PREFIX_ATTR) is self:
-                    del attn.__dict__[_PREFIX_ATTR]
-
-        return [_Handle()]
 
 
 class Prefix(Strategy):
     name = "prefix"
+    label = "P"
     size_name = "length"
+    size_symbol = "len"
+    lr = 1e-2  # prefixes want a larger step (Li & Liang; He et al. 2022)
+    color = "tab:orange"
+    peft = "prefix_tuning"
     default_roles = ("attn",)
 
-    def unit_cost(self, layer: Layer, roles) -> int:
+    def hook(self, role):
+        return "attention"
+
+    def needed_roles(self, roles):
+        return ("attn", "attn_k")
+
+    def unit_cost(self, layer, roles) -> int:
         return 2 * layer.dim("attn_k")
 
-    def build(self, layer: Layer, size: int, roles, options: dict) -> PETModule:
-        return PrefixModule(size, layer.dim("attn_k"), int(options.get("prefix_reparam_hidden", 0)))
+    def init(self, layer, size, role, roles, options):
+        import torch
+        from torch import nn
+
+        kv_dim = layer.dim("attn_k")
+        hidden = int(options.get("prefix_reparam_hidden", 0))
+        init_std = 0.5
+        if hidden > 0:
+            # Li & Liang produce the prefixes with a small MLP while training (it stabilises the
+            # optimisation); ``fold`` replaces it by the plain prefixes it produces.
+            mlp = nn.Sequential(nn.Linear(kv_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * kv_dim))
+            return {"embed": torch.randn(size, kv_dim) * init_std, "mlp": mlp}
+        return {"key": torch.randn(size, kv_dim) * init_std, "value": torch.randn(size, kv_dim) * init_std}
+
+    def transform(self, pet, role, x, out):
+        raise TypeError("prefix tuning acts inside the attention function, not through a hook")
+
+    def effective_params(self, pet) -> int:
+        return 2 * pet.size * pet.layer.dim("attn_k")
+
+    def fold(self, pet) -> None:
+        import torch
+        from torch import nn
+
+        if not hasattr(pet, "mlp"):
+            return
+        with torch.no_grad():
+            k, v = kv(pet)
+        del pet.embed, pet.mlp
+        pet.key, pet.value = nn.Parameter(k.detach().clone()), nn.Parameter(v.detach().clone())
 
 
-# --- the attention function -------------------------------------------------------------
-def _widen_mask(mask, n_prefix: int, q_len: int, k_len: int, causal: bool, device):
-    """Let every query see the prefix: prepend ``n_prefix`` always-visible key positions."""
+def kv(pet):
+    """(keys, values) of a prefix module, each (length, kv_dim)."""
+    if hasattr(pet, "mlp"):
+        k, v = pet.mlp(pet.embed).chunk(2, dim=-1)
+        return k, v
+    return pet.key, pet.value
+
+
+STRATEGY = Prefix()
+
+
+# --- the attention function -------------------------------------------------------------------------
+def _prefix_tensors(entries, key, value):
+    """Prefix keys/values for every row (b, heads, P, d) and which prefix slots each row may see (b, P)."""
+    import torch
+
+    b, kv_heads, _, head_dim = key.shape
+    if len(entries) == 1 and entries[0][0] is None:  # one design on every row: no padding needed
+        pet = entries[0][1]
+        pk, pv = kv(pet)
+        pk = pk.to(key.dtype).view(pet.size, kv_heads, head_dim).transpose(0, 1)
+        pv = pv.to(value.dtype).view(pet.size, kv_heads, head_dim).transpose(0, 1)
+        return pk.unsqueeze(0).expand(b, -1, -1, -1), pv.unsqueeze(0).expand(b, -1, -1, -1), None
+    length = max(pet.size for _, pet in entries)
+    keys = key.new_zeros(b, kv_heads, length, head_dim)
+    values = value.new_zeros(b, kv_heads, length, head_dim)
+    visible = torch.zeros(b, length, dtype=torch.bool, device=key.device)
+    for rows, pet in entries:
+        pk, pv = kv(pet)
+        n = pet.size
+        keys[rows, :, :n] = pk.to(key.dtype).view(n, kv_heads, head_dim).transpose(0, 1)
+        values[rows, :, :n] = pv.to(value.dtype).view(n, kv_heads, head_dim).transpose(0, 1)
+        visible[rows, :n] = True
+    return keys, values, visible
+
+
+def _widen_mask(mask, visible, n_prefix: int, q_len: int, k_len: int, causal: bool, batch: int, device):
+    """Prepend ``n_prefix`` key positions: visible to every query (``visible`` None) or per row."""
+    import torch
+
     if mask is None:
-        if not causal:
+        if not causal and visible is None:
             return None
-        # The base implementation would have used is_causal; spell the causal pattern out
-        # because the key axis is now longer than the query axis.
         q = torch.arange(q_len, device=device)[:, None]
         k = torch.arange(k_len, device=device)[None, :]
-        mask = (k <= q + (k_len - q_len))[None, None]
-        visible = True
-    else:
-        visible = True if mask.dtype == torch.bool else 0.0
-    pad = torch.full((*mask.shape[:-1], n_prefix), visible, dtype=mask.dtype, device=mask.device)
-    return torch.cat([pad, mask], dim=-1)
+        # The base implementation would have used is_causal (or no mask); spell the pattern out
+        # because the key axis is now longer than the query axis.
+        mask = ((k <= q + (k_len - q_len)) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device))
+        mask = mask[None, None]
+    if visible is None:
+        pad_value = True if mask.dtype == torch.bool else 0.0
+        pad = torch.full((*mask.shape[:-1], n_prefix), pad_value, dtype=mask.dtype, device=mask.device)
+        return torch.cat([pad, mask], dim=-1)
+    mask = mask.expand(batch, *mask.shape[1:])
+    seen = visible[:, None, None, :].expand(batch, mask.shape[1], mask.shape[2], n_prefix)
+    if mask.dtype != torch.bool:
+        seen = torch.zeros_like(seen, dtype=mask.dtype).masked_fill(~seen, torch.finfo(mask.dtype).min)
+    return torch.cat([seen, mask], dim=-1)
 
 
-def _base_function(module: nn.Module, name: str):
+def _base_function(module, name: str):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     base = name[len(_IMPL_PREFIX):]
@@ -116,22 +139,26 @@ def _base_function(module: nn.Module, name: str):
 
 def _make_attention(name: str):
     def prefixed_attention(module, query, key, value, attention_mask, *args, **kwargs):
+        import torch
+
         base = _base_function(module, name)
-        prefix: PrefixModule | None = getattr(module, _PREFIX_ATTR, None)
-        if prefix is None or prefix.length == 0:
+        from ..attach import routed_entries
+
+        entries = [(rows, pet) for rows, pet in routed_entries(module, "attention") if pet.size > 0]
+        if not entries:
             return base(module, query, key, value, attention_mask, *args, **kwargs)
-        b, kv_heads, k_len, head_dim = key.shape
-        pk, pv = prefix.kv()
-        pk = pk.to(key.dtype).view(prefix.length, kv_heads, head_dim).transpose(0, 1)
-        pv = pv.to(value.dtype).view(prefix.length, kv_heads, head_dim).transpose(0, 1)
-        key = torch.cat([pk.unsqueeze(0).expand(b, -1, -1, -1), key], dim=2)
-        value = torch.cat([pv.unsqueeze(0).expand(b, -1, -1, -1), value], dim=2)
+        k_len = key.shape[2]
+        pk, pv, visible = _prefix_tensors(entries, key, value)
+        key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+        n_prefix = pk.shape[2]
         causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-        attention_mask = _widen_mask(attention_mask, prefix.length, query.shape[2], k_len, causal, query.device)
+        attention_mask = _widen_mask(
+            attention_mask, visible, n_prefix, query.shape[2], k_len, causal, key.shape[0], query.device
+        )
         bias = kwargs.get("position_bias")
         if bias is not None:
             # T5: prefix positions get no relative-position bias.
-            zeros = bias.new_zeros((*bias.shape[:-1], prefix.length))
+            zeros = bias.new_zeros((*bias.shape[:-1], n_prefix))
             kwargs["position_bias"] = torch.cat([zeros, bias], dim=-1)
         kwargs["is_causal"] = False
         return base(module, query, key, value, attention_mask, *args, **kwargs)
@@ -151,11 +178,13 @@ def _register(name: str) -> None:
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
-def _route_attention(attn: nn.Module) -> None:
+def route_attention(attn) -> None:
     """Point the model's attention dispatch (every config that ``attn`` may read) at our function."""
+    from ..errors import DesignSpaceError
+
     config = getattr(attn, "config", None)
     if config is None:
-        raise RuntimeError(f"{type(attn).__name__} has no config; prefix tuning needs transformers >= 5")
+        raise DesignSpaceError(f"{type(attn).__name__} has no config; prefix tuning needs transformers >= 5")
     current = config._attn_implementation or "eager"
     if current.startswith(_IMPL_PREFIX):
         return

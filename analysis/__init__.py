@@ -1,1 +1,0 @@
-"""Figures of designspace results: data functions (tested) and matplotlib renderers."""

@@ -1,0 +1,78 @@
+"""Backbones: names checked before any work, pooling decided from the model, other enc-dec families."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from tiny import tiny_batch
+
+from designspace import Design, DesignSpaceError, compile_plan
+from designspace.backbones import Backbone, backbone_info
+from designspace.backbones.offline import backbone_fingerprint, check_backbone_name
+from designspace.model import PETModel
+
+
+@pytest.mark.parametrize("name", ["/nonexistent", "minilm-l12", "./no/such/folder", ""])
+def test_an_unknown_backbone_is_one_line(name):
+    with pytest.raises(DesignSpaceError) as err:
+        check_backbone_name(name)
+    assert "\n" not in str(err.value) and repr(name) in str(err.value)
+    with pytest.raises(DesignSpaceError):
+        backbone_info(name)
+
+
+def test_a_folder_without_a_model_is_one_line(tmp_path):
+    with pytest.raises(DesignSpaceError, match="no config.json"):
+        check_backbone_name(str(tmp_path))
+
+
+def test_fingerprints_name_the_weights(tmp_path):
+    assert backbone_fingerprint("minilm-l6").startswith("minilm-l6@")
+    (tmp_path / "config.json").write_text("{}")
+    a = backbone_fingerprint(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"x": 1}')
+    assert backbone_fingerprint(str(tmp_path)) != a
+    assert backbone_fingerprint("minilm-l6", {"family": "x"}) != backbone_fingerprint("minilm-l6")
+
+
+def _tiny(config) -> Backbone:
+    torch.manual_seed(0)
+    model = T.AutoModel.from_config(config)
+    model.eval()
+    return Backbone.from_model(model, name=f"tiny-{config.model_type}")
+
+
+SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4, "vocab_size": 64}
+
+
+@pytest.mark.parametrize("config, decoder", [
+    (T.PhiConfig(**SMALL), True),
+    (T.GemmaConfig(**SMALL, num_key_value_heads=2, head_dim=8), True),
+    (T.MPNetConfig(**SMALL), False),
+    (T.BertConfig(**SMALL), False),
+])
+def test_decoder_only_is_decided_from_the_model(config, decoder):
+    """Phi and Gemma used to get mean pooling silently (a fixed list of families)."""
+    bb = _tiny(config)
+    assert bb.is_decoder_only is decoder
+    strategies = (("lora",),) * 4
+    model = PETModel(bb, compile_plan(Design(strategies=strategies), bb, 0.05), 2)
+    assert model.pooling == ("last" if decoder else "mean")
+    ids, mask = tiny_batch()
+    assert model(ids, mask).shape == (3, 2)
+    model.pet.detach()
+
+
+def test_bart_uses_its_own_decoder_start():
+    """Encoder-decoder models other than T5 crashed in features() (_shift_right is T5's)."""
+    cfg = T.BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, vocab_size=64,
+                       max_position_embeddings=32)
+    bb = _tiny(cfg)
+    assert bb.is_encoder_decoder and len(bb.layers) == 4
+    model = PETModel(bb, compile_plan(Design(strategies=(("lora", "prefix"),) * 4), bb, 0.1), 2)
+    ids, mask = tiny_batch()
+    out = model(ids, mask)
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    model.pet.detach()
