@@ -82,12 +82,21 @@ def simulate(k: int, truth: np.ndarray, noise: str, a: argparse.Namespace, rng: 
             break
     best = int(np.argmax(truth))
     alone = (status == "separated") & active[:, best]
+    # A "separated" claim is wrong when the one choice left is not a truly best one.
+    sep_wrong = (status == "separated") & ~(active & cobest[None, :]).any(1)
     return {
-        "wrong": wrong.mean(), "kept": best_kept.mean(), "alone": alone.mean(),
+        "wrong": wrong.mean(), "sep_wrong": sep_wrong.mean(), "kept": best_kept.mean(), "alone": alone.mean(),
         "tie": (status == "tie").mean(), "unresolved": (status == "open").mean(),
         "rounds": rounds.mean(), "blocks": blocks.mean(), "trials": trials.mean(),
         "capped": (blocks >= cap).mean(),
     }
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % interval of a rate ``p`` seen in ``n`` simulated stages."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"paired noise sd {math.hypot(a.seed_sd, a.interaction_sd):.3f} (seed {a.seed_sd}, interaction "
           f"{a.interaction_sd}); alpha {a.alpha} over {a.rounds} looks; delta {a.delta}; resolution "
           f"{a.resolution}; pilot {a.pilot} blocks; cap {a.max_blocks} blocks; method {a.method}")
-    head = (f"{'noise':<12} {'k':>3} {'truth':<10} {'wrong%':>7} {'kept%':>6} {'alone%':>7} {'tie%':>5} "
+    head = (f"{'noise':<12} {'k':>3} {'truth':<10} {'wrong%':>7} {'(95% CI)':>13} {'sepwrong%':>9} {'kept%':>6} "
+            f"{'alone%':>7} {'tie%':>5} "
             f"{'unres%':>7} {'rounds':>6} {'blocks':>7} {'trials':>7} {'capped%':>7}")
     print(head)
     print("-" * len(head))
@@ -134,11 +144,14 @@ def main(argv: list[str] | None = None) -> None:
                 r = simulate(k, truth, noise, a, rng, a.method)
                 kept, alone = (f"{100 * r['kept']:>6.1f}", f"{100 * r['alone']:>7.1f}") if name != "null" \
                     else (f"{'-':>6}", f"{'-':>7}")
-                print(f"{noise:<12} {k:>3} {name:<10} {100 * r['wrong']:>7.1f} {kept} {alone} "
+                lo, hi = wilson(r["wrong"], a.sims)
+                print(f"{noise:<12} {k:>3} {name:<10} {100 * r['wrong']:>7.1f} {f'{100 * lo:.1f}-{100 * hi:.1f}':>13} "
+                      f"{100 * r['sep_wrong']:>9.1f} {kept} {alone} "
                       f"{100 * r['tie']:>5.1f} {100 * r['unresolved']:>7.1f} {r['rounds']:>6.2f} "
                       f"{r['blocks']:>7.1f} {r['trials']:>7.0f} {100 * r['capped']:>7.1f}", flush=True)
     print(f"targets: wrong <= {100 * a.alpha:.0f} % (null: any elimination; one-better: the best eliminated "
-          f"or a tie); one-better kept >= 95 %, alone >= 80 %")
+          f"or a tie); sepwrong: a 'separated' claim whose winner is not a truly best choice; one-better kept "
+          f">= 95 %, alone >= 80 %; the 95 % interval of each rate is Wilson's over the simulated stages")
     print(f"load average before {load0}, after {os.getloadavg()}; wall {time.perf_counter() - t0:.1f} s")
 
 

@@ -19,11 +19,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from designspace.pool import TrialSpec, evaluate
+from designspace.pool import evaluate
+from designspace.regime import Regime
 from designspace.space import Design
 from designspace.store import TrialStore
 from designspace.tasks import get_task, resolve_data_dir
-from designspace.train import Regime
+from designspace.trial import TrialSpec
 
 DESIGNS = (
     Design(),
@@ -50,16 +51,12 @@ def truncated_copy(task: str, rows: int, out: Path) -> str:
 def run_layout(workers: int, threads: int, specs: list[TrialSpec], folder: Path) -> dict:
     store = TrialStore(folder / f"{workers}x{threads}.sqlite")
     t0 = time.perf_counter()
-    rows = evaluate(specs, store, experiment="bench", backend="loky", n_jobs=workers, threads=threads)
+    rows = evaluate(specs, store, backend="loky", n_jobs=workers, threads=threads)
     wall = time.perf_counter() - t0
-    ok = [r for r in rows if r["status"] == "ok"]
-    if len(ok) != len(rows):
-        bad = [(r["design_id"], r["status"], r["error"]) for r in rows if r["status"] != "ok"]
+    bad = [(r.spec.design_id, str(r.status), r.error) for r in rows if not r.ok]
+    if bad:
         raise SystemExit(f"{workers}x{threads}: not every trial finished ok: {bad}")
-    spans = [
-        (datetime.fromisoformat(r["ended_at"]) - datetime.fromisoformat(r["started_at"])).total_seconds()
-        for r in rows
-    ]
+    spans = [(datetime.fromisoformat(r.ended_at) - datetime.fromisoformat(r.started_at)).total_seconds() for r in rows]
     return {"wall": wall, "per_hour": len(rows) / wall * 3600, "per_trial": statistics.mean(spans)}
 
 
@@ -85,7 +82,7 @@ def main(argv=None) -> None:
         results = {}
         for workers, threads in layouts:
             specs = [
-                TrialSpec("bench", d, args.task, regime=regime, backbone=args.backbone, data_dir=data_dir)
+                TrialSpec(task=args.task, design=d, regime=regime, backbone=args.backbone, data_dir=data_dir)
                 for d in DESIGNS[: args.designs]
             ]
             results[workers, threads] = r = run_layout(workers, threads, specs, folder)

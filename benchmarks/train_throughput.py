@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from designspace import PRESETS, compile
+from designspace import PRESETS, compile_plan
 from designspace.backbones import load_backbone
 from designspace.backbones.offline import resolve_backbone_path
 from designspace.data import epoch_batches, tokenise
 from designspace.metrics import compute_metrics
-from designspace.train import Regime, train_design
+from designspace.regime import Regime
+from designspace.train import train_design
 
 BACKBONE, TASK, RANK, ROLES = "minilm-l6", "sst2", 8, ("attn_q", "attn_v")
 HF_TARGETS = ["query", "value"]  # the same two roles, in BERT's module names
@@ -138,14 +139,14 @@ def ours(backbone, plan, regime: Regime) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     r = train_design(plan, backbone, TASK, regime, seed=0, progress=progress)
     total = time.perf_counter() - t0
-    assert r.status == "ok", r.error
+    assert r.ok, r.error
     # Steps 2..n: the first step also builds the optimiser and warms the allocator.
     batches = epoch_batches(_TRAIN, regime.batch_size, regime.epochs, 0, regime.max_steps)
     tok_after_first = r.tokens - sum(len(e.input_ids) for e in batches[0])
     cpu_s = marks[-1][0] - marks[0][0]
     return {"accuracy": r.score, "train_s": r.seconds_train, "eval_s": r.seconds_eval, "total_s": total,
             "tokens": r.tokens, "padded_tokens": r.padded_tokens, "trainable": r.trainable_params + r.head_params,
-            "cpu_tok_s": tok_after_first / cpu_s, "n_dev": r.n_dev, "cpu_total_s": time.process_time() - c0}
+            "cpu_tok_s": tok_after_first / cpu_s, "n_dev": r.n_eval, "cpu_total_s": time.process_time() - c0}
 
 
 def profile_ours(backbone, plan, regime: Regime, steps: int = 40) -> list[tuple[str, float]]:
@@ -221,7 +222,7 @@ def main(argv=None) -> None:
     _TRAIN[:] = train
     n_lora = sum(RANK * (layer.roles[r].in_features + layer.roles[r].out_features) for layer in backbone.layers for r in ROLES)
     # +0.5: the budget is floored to whole parameters; land exactly on the peft model's count.
-    plan = compile(PRESETS["all-lora"]((n_lora + 0.5) / backbone.n_params), backbone)
+    plan = compile_plan(PRESETS["all-lora"], backbone, (n_lora + 0.5) / backbone.n_params)
     assert plan.params == n_lora and {m.size for m in plan.modules} == {RANK}, plan.table()
 
     runs: dict[str, list[dict]] = {"ours": [], "dynamic": [], "padded": []}
@@ -258,7 +259,7 @@ def report(args, argv, backbone, plan, train, runs, gemm, shares, threads, regim
         "Command: `python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
         "",
         f"SST-2, {len(train)} training examples (stratified, seed 0), 1 epoch, batch {regime.batch_size}, "
-        f"lr {regime.lr['lora']}, dev: {runs['ours'][0]['n_dev']} examples; {backbone.name}; LoRA r={RANK} on query+value in all "
+        f"lr {regime.lr_for('lora')}, dev: {runs['ours'][0]['n_dev']} examples; {backbone.name}; LoRA r={RANK} on query+value in all "
         f"{len(backbone.layers)} layers ({plan.params:,} params, {plan.fraction:.4%}); torch threads = {args.threads}; "
         f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine).",
         "",

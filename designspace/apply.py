@@ -11,7 +11,6 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from .errors import DesignSpaceError

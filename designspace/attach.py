@@ -135,22 +135,29 @@ class Route:
                     out = _run(pet, role, x, out)
             return x if out is None else out
         target = x if out is None else out
+        n = target.shape[0]
         by_span: dict[tuple[int, int], list] = {}
         for rows, pet, role in entries:
-            span = rows.span if rows.span is not None else (0, target.shape[0])
-            by_span.setdefault(span, []).append((pet, role))
-        parts, pos = [], 0
+            by_span.setdefault(rows.span if rows.span is not None else (0, n), []).append((pet, role))
+        # One split into pieces (each design's rows, and the gaps between): its backward is a single cat,
+        # where slicing each design's rows out would zero-fill a full-size gradient per design.
+        cuts, owners, pos = [], [], 0
         for (start, stop), group in sorted(by_span.items()):
             if start > pos:
-                parts.append(target[pos:start])
-            xi, t = x[start:stop], target[start:stop]
-            for pet, role in group:
-                t = _run(pet, role, t, None) if out is None else _run(pet, role, xi, t)
-            parts.append(t)
+                cuts.append(start - pos)
+                owners.append(None)
+            cuts.append(stop - start)
+            owners.append(group)
             pos = stop
-        if pos < target.shape[0]:
-            parts.append(target[pos:])
-        return torch.cat(parts)
+        if pos < n:
+            cuts.append(n - pos)
+            owners.append(None)
+        pieces = list(torch.split(target, cuts))
+        xs = pieces if out is None else list(torch.split(x, cuts))
+        for i, group in enumerate(owners):
+            for pet, role in group or ():
+                pieces[i] = _run(pet, role, pieces[i], None) if out is None else _run(pet, role, xs[i], pieces[i])
+        return torch.cat(pieces)
 
     def remove(self) -> None:
         if self.handle is not None:

@@ -212,6 +212,10 @@ def main(argv=None) -> int:
     except DesignSpaceError as e:
         print(f"designspace: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder...: what and where, not a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"designspace: error: {e.strerror or e}{where}; finished trials are in the store", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("designspace: stopped; finished trials are in the store, rerun the same command to resume",
               file=sys.stderr)

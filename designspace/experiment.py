@@ -25,8 +25,9 @@ from .space import DesignSpace
 from .trial import TrialSpec
 
 DECISIONS = ("greedy", "joint")
-#: Fields that say how to run, not what: changing them under an existing store is fine.
-HOW_FIELDS = ("name", "backend", "n_jobs", "threads", "address", "retries", "output", "source")
+#: Fields that say how to run, not what: changing them under an existing store is fine. (``decision``
+#: only picks the final design among finished results: no trial depends on it.)
+HOW_FIELDS = ("name", "pack", "backend", "n_jobs", "threads", "address", "retries", "output", "source", "decision")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Experiment:
     choice is left, when the survivors are within ``margin`` points of each other (a tie), or after
     ``max_rounds`` rounds. ``alpha`` is the chance, over the whole stage, of any wrong "worse than the
     best" claim. Decisions read a ``selection`` split carved from the training file; GLUE dev is only
-    read for final reports.
+    read for final reports. The final design is the best of what is left by one additive model over
+    every trial (``decision: joint``, the default) or by each open stage's best estimate (``greedy``).
     """
 
     name: str
@@ -60,9 +62,10 @@ class Experiment:
     seeds_per_design: int = 1
     alpha: float = 0.05
     margin: float = 0.5
-    decision: str = "greedy"
+    decision: str = "joint"
     seed: int = 0
     data_seed: int = 0
+    pack: int = 1  # up to this many designs trained in one pass over the backbone (speed only)
     backend: str = "loky"
     n_jobs: int | None = None
     threads: int | None = None
@@ -106,6 +109,7 @@ class Experiment:
         check_int(self.n_jobs, "n_jobs", 1, none=True, source=src)
         check_int(self.threads, "threads", 1, none=True, source=src)
         check_int(self.retries, "retries", 0, source=src)
+        check_int(self.pack, "pack", 1, 64, source=src)
         if self.scorer is not None:
             check_keys(self.scorer, ("synthetic",), "scorer.", src)
 

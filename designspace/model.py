@@ -35,12 +35,38 @@ def shift_right(input_ids: torch.Tensor, config) -> torch.Tensor:
     return out
 
 
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from its own generator, seeded with the design's seed.
+
+    A design's masks then do not depend on what else draws random numbers in the process: trained
+    alone or in a pack (``train_pack``) beside other designs, it sees the same masks. On a CPU they
+    are also the masks ``nn.Dropout`` drew after ``torch.manual_seed(seed)`` (same Bernoulli draws),
+    so records made before this class existed are reproduced bit for bit.
+    """
+
+    def __init__(self, p: float, seed: int, device):
+        super().__init__()
+        self.p = float(p)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(seed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        return x * torch.empty_like(x).bernoulli_(keep, generator=self.generator).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def new_head(hidden: int, num_labels: int, seed: int, dropout: float, device) -> nn.Sequential:
-    """The task head; its initial weights depend on the seed only (common random numbers)."""
+    """The task head; its initial weights and its dropout masks depend on the seed only (common random
+    numbers: the same in every design of a block, alone or in a pack)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed(seed))
-        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
-    return head.to(device)
+        linear = nn.Linear(hidden, num_labels)
+    return nn.Sequential(SeededDropout(dropout, seed, device), linear.to(device))
 
 
 class FrozenBody(nn.Module):

@@ -118,14 +118,16 @@ def group_packs(specs: list[TrialSpec], k: int) -> list[list[TrialSpec]]:
 
 
 # --- memory -----------------------------------------------------------------------------------------
-#: A worker process before any trial: Python, torch, transformers, tokenizers, the task's data.
-PROCESS_MB = 700.0
-#: Bytes kept per token, per layer and per unit of width while a pack trains: the activations saved for
-#: the backward pass above the lowest PET module plus the forward's transients. Measured on MiniLM-L6
-#: (benchmarks/shared_pass.py prints the measured peak next to this estimate); generous on purpose.
-TRAIN_BYTES = 4 * 24
-#: The same for evaluation (inference mode: the largest layer's transients only, but K x 128 rows).
-EVAL_BYTES = 4 * 8
+#: A worker process before any trial, weights aside: Python, torch, transformers, tokenizers, the data.
+PROCESS_MB = 500.0
+#: Bytes kept per token, layer and unit of width (hidden + FFN) while a pack trains: the activations
+#: saved for the backward pass and the step's transients. Measured on MiniLM-L6, SST-2, K = 1 and 8 at
+#: one thread: +276 MiB per design for batches of up to 57 tokens, i.e. 26 bytes; 40 leaves room for
+#: the allocator's slack.
+TRAIN_BYTES = 40
+#: The same for evaluation (inference: one layer's transients at a time). On a CPU a pack evaluates
+#: ``eval_batch_size`` rows per pass whatever K (``train_pack.eval_regime``).
+EVAL_BYTES = 16
 
 
 def backbone_config(name: str) -> dict:
@@ -138,11 +140,14 @@ def backbone_config(name: str) -> dict:
 
 
 def pack_memory_mb(spec: TrialSpec, k: int, config: dict | None = None) -> float:
-    """An upper estimate of a worker's peak memory (MiB) while it trains a pack of ``k`` specs like ``spec``.
+    """An upper estimate of a CPU worker's peak memory (MiB) while it trains a pack of ``k`` specs like
+    ``spec``: process + fp32 weights + the larger of training and evaluation.
 
-    process + fp32 weights + the larger of training (k x batch_size rows of max_length tokens) and
-    evaluation (k x eval_batch_size rows): rows x tokens x layers x (width + FFN width) x bytes per
-    unit. Padding makes most batches shorter than max_length, so real peaks sit below this.
+    Training keeps k x batch_size rows of up to ``max_length`` tokens in every layer; evaluation one
+    layer's worth of ``eval_batch_size`` rows. Real batches are shorter than ``max_length`` (SST-2's
+    longest has 57 tokens of 128), so real peaks sit below: MiniLM-L6, K = 8 peaked at 2.8 GiB where
+    this says 8.1. On a GPU the activations live in the GPU's memory: choose K by it (the benchmark
+    prints the peak per K).
     """
     c = config or backbone_config(spec.backbone)
     d = c.get("hidden_size") or c.get("d_model") or c.get("n_embd")
@@ -153,9 +158,8 @@ def pack_memory_mb(spec: TrialSpec, k: int, config: dict | None = None) -> float
     vocab = c.get("vocab_size") or 0
     weights = 4 * (layers * (4 * d * d + 2 * d * ff) + vocab * d)
     r = spec.regime
-    per_token_layer = layers * (d + ff)
-    train = k * r.batch_size * r.max_length * per_token_layer * TRAIN_BYTES
-    evaluate = k * r.eval_batch_size * r.max_length * per_token_layer * EVAL_BYTES
+    train = k * r.batch_size * r.max_length * layers * (d + ff) * TRAIN_BYTES
+    evaluate = r.eval_batch_size * r.max_length * (d + ff) * EVAL_BYTES
     return PROCESS_MB + (weights + max(train, evaluate)) / 2**20
 
 

@@ -15,6 +15,7 @@ its replicate seeds.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -68,11 +69,18 @@ class Refiner:
     def _evaluate(self, specs, label: str):
         e = self.exp
         return evaluate(specs, self.store, backend=e.backend, n_jobs=e.n_jobs, threads=e.threads, retries=e.retries,
-                        address=e.address, progress=self.progress, scorer=self.scorer, label=label)
+                        address=e.address, progress=self.progress, scorer=self.scorer, label=label, pack=e.pack)
 
     def _prepare(self) -> None:
-        """Everything that can fail on bad input, before any trial: data, backbone, space vs depth."""
+        """Everything that can fail on bad input, before any trial: output, data, backbone, space vs depth."""
         e = self.exp
+        for path in (e.out_dir, *e.out_dir.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise DesignSpaceError(f"output {e.out_dir}: {path} is a file; pass another --output (or output:)")
+                if not os.access(path, os.W_OK):
+                    raise DesignSpaceError(f"output {e.out_dir}: {path} is not writable; pass another --output")
+                break
         e.check_data()
         if self.scorer is None:
             from .backbones.offline import backbone_fingerprint

@@ -93,8 +93,10 @@ class TrialStore:
     folders are created then, unless ``create=False`` or ``readonly=True``.
     """
 
-    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False, durable: bool = True):
         self.path = Path(path)
+        # durable=False: no fsync per commit, for throwaway stores (simulations); a crash may lose the tail.
+        self.durable = durable
         self.create = create and not readonly  # readers pass False so a typo does not make an empty store
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
@@ -197,7 +199,7 @@ class TrialStore:
                     )
                 conn.execute("PRAGMA journal_mode=WAL")
                 # A trial costs seconds to minutes; an fsync per commit is cheap insurance against power loss.
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA synchronous=FULL" if self.durable else "PRAGMA synchronous=OFF")
             except BaseException:
                 conn.close()
                 raise

@@ -62,38 +62,6 @@ def design_groups(attached, head: nn.Module, regime: Regime) -> list[dict]:
             for s, ps in groups.items() if ps]
 
 
-class SeededDropout(nn.Module):
-    """Dropout whose masks come from its own generator, seeded with the design's seed.
-
-    A design's masks then do not depend on what else draws random numbers in the process: trained
-    alone or in a pack (``train_pack``) beside other designs, it sees the same masks. On a CPU they
-    are also the masks ``nn.Dropout`` drew after ``torch.manual_seed(seed)`` (same Bernoulli draws),
-    so records made before this class existed are reproduced bit for bit.
-    """
-
-    def __init__(self, p: float, seed: int, device):
-        super().__init__()
-        self.p = float(p)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(int(seed))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        return x * torch.empty_like(x).bernoulli_(keep, generator=self.generator).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def own_dropout(head: nn.Sequential, seed: int) -> nn.Sequential:
-    """Give ``new_head``'s dropout its own generator (seeded with ``seed``), in place."""
-    device = next(head.parameters()).device
-    head[0] = SeededDropout(head[0].p, seed, device)
-    return head
-
-
 def to_device(batch: list, pad_id: int, device, regression: bool) -> dict[str, torch.Tensor]:
     """``collate`` on the CPU, then to ``device``: from pinned memory without waiting on a GPU, whose
     queue a plain host-to-device copy of pageable memory would drain at every step."""
@@ -241,7 +209,7 @@ def run_spec(spec: TrialSpec, backbone: Backbone, keep_model: bool = False, hub:
     """Train ``spec`` on ``backbone`` and score it; never raises for the trial's own failure.
 
     ``seed`` sets the initialisation (each module's weights from its own seed, the head's from the
-    seed alone) and the head's dropout masks (its own generator: :class:`SeededDropout`);
+    seed alone) and the head's dropout masks (its own generator: :class:`~designspace.model.SeededDropout`);
     ``data_seed`` the training subset and batch order, so that designs compared in a stage see the
     same data (common random numbers). ``train_pack.run_pack`` trains several specs in one pass to
     the same results.
@@ -262,7 +230,6 @@ def run_spec(spec: TrialSpec, backbone: Backbone, keep_model: bool = False, hub:
             train, evaluated = spec_data(spec, backbone, hub)
             record.n_train, record.n_eval = len(train), len(evaluated)
             model = PETModel(backbone, plan, num_labels=task.num_labels, seed=spec.seed)
-            own_dropout(model.head, spec.seed)
             record.trainable_params, record.head_params = model.pet_params(), model.head_params()
             batches = epoch_batches(train, spec.regime.batch_size, spec.regime.epochs, spec.data_seed,
                                     spec.regime.max_steps)

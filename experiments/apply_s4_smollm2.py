@@ -26,7 +26,8 @@ from designspace.data import tokenise
 from designspace.io import load_trained, read_meta
 from designspace.metrics import compute_metrics
 from designspace.tasks import get_task
-from designspace.train import Regime, evaluate_model
+from designspace.regime import Regime
+from designspace.train import evaluate_model
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "apply"
 
@@ -41,7 +42,7 @@ def reload_check(saved: Path, regime: Regime, task: str) -> dict:
     dev = tokenise(spec, "dev", backbone_tok, regime.max_length, regime.n_dev, 0)
     pad = backbone_tok.pad_token_id or 0
     device = next(model.parameters()).device
-    preds, labels, _ = evaluate_model(model, dev, regime, pad, spec.is_regression, device)
+    preds, labels = evaluate_model(model, dev, regime, pad, spec.is_regression, device)
     return {"metrics": compute_metrics(spec, np.asarray(preds), labels), "seconds": round(time.perf_counter() - t0, 2)}
 
 

@@ -1,11 +1,15 @@
-"""Run the S3PET experiments (issue 7) and merge their tables into results/s3pet/.
+"""Run the S3PET experiments of issue 14 one after the other, then write results/s3pet/README.md.
 
-    python experiments/run_s3pet.py experiments/search_s3pet_sst2.yaml experiments/search_s3pet_rte_mrpc.yaml
+    python experiments/run_s3pet.py                       # experiments/s3pet_sst2.yaml, then s3pet_stsb.yaml
+    python experiments/run_s3pet.py experiments/s3pet_stsb.yaml --data-dir D
+    python experiments/run_s3pet.py --report              # only rewrite the tables from the stores
 
-Each experiment file runs in its own single-threaded process (two processes use the two cores
-without a spinning thread pool); every finished retraining lands in that experiment's runs.csv, and
-this script merges them into results/s3pet/{runs.csv, summary.csv, README.md} every 30 s, so a run
-stopped by ``--deadline-min`` still leaves a table. A rerun resumes: finished rows are skipped.
+Each experiment runs through ``designspace search``'s code (its own trial store, two single-threaded
+workers); a rerun resumes where the last one stopped. Every invocation is logged in
+results/s3pet/invocations.jsonl. The README is the header below, then each experiment's tables
+(written from its store by ``designspace.s3pet.report``), then the calibration runs found under
+results/s3pet/ (``--report`` re-renders a copied store with the ids it holds, e.g. one from a GPU
+machine).
 """
 
 from __future__ import annotations
@@ -14,132 +18,144 @@ import argparse
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from designspace.s3pet.experiment import (
-    FIELDS,
-    cost_multiples,
-    load_search_experiment,
-    read_rows,
-    write_rows,
-    write_tables,
-)
-
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "results" / "s3pet"
+EXPERIMENTS = ["experiments/s3pet_sst2.yaml", "experiments/s3pet_stsb.yaml"]
+#: Other runs whose tables the README carries: (experiment file, results folder, title, how it was run).
+OTHER_RUNS = [
+    ("experiments/s3pet_sst2.yaml", "h100_sst2", "SST-2, the same experiment on one H100",
+     "designspace search experiments/s3pet_sst2.yaml --output results/s3pet/h100_sst2 (one H100, n_jobs 7; "
+     "MiniLM weights carried as fp16 and loaded as fp32)"),
+    ("experiments/s3pet_stsb.yaml", "h100_stsb", "STS-B, the same experiment on one H100",
+     "designspace search experiments/s3pet_stsb.yaml --output results/s3pet/h100_stsb (one H100, n_jobs 7; "
+     "MiniLM weights carried as fp16 and loaded as fp32)"),
+    ("experiments/s3pet_calibration.yaml", "calibration", "Calibration: 3 seeds, both tasks, 1-epoch retraining",
+     "designspace search experiments/s3pet_calibration.yaml --output results/s3pet/calibration (one H100; code "
+     "before candidates larger than the budget lost their gate, see Notes)"),
+    ("experiments/s3pet_smoke.yaml", "smoke", "Smoke run on this CPU: cost of a search",
+     "designspace search experiments/s3pet_smoke.yaml (the shared 2-core CPU)"),
+]
+
+HEADER = """# S3PET (S3Delta) structure search on MiniLM-L6: searched vs random vs budget-matched manual structures
+
+Issue 14. Written by `python experiments/run_s3pet.py` from the trial stores; the reading of the
+tables at the end (Notes) is results/s3pet/NOTES.md. The issue-7 results this replaces are in results/s3pet/sst2,
+rte_mrpc, mrpc (runs.csv, summary.csv) and NOTES.md.
+
+## How to run
+
+    python experiments/run_s3pet.py            # SST-2 then STS-B, 2 single-threaded workers, resumable
+    designspace search experiments/s3pet_sst2.yaml [--data-dir D] [--output O]   # one experiment
+
+Cost on this 2-core CPU (one retraining of SST-2 ~27 CPU-s, of STS-B for 3 epochs ~135 CPU-s; a
+search ~4.9 retrainings of SST-2, smoke run below): `s3pet_sst2.yaml` 20 searches + 120 retrainings
+~1.6 CPU-hours; `s3pet_stsb.yaml` 10 searches + 70 retrainings ~3.4 CPU-hours; together ~2.5 hours
+on two idle cores, about twice that while other jobs share them. The 5-seed tables below the CPU
+sections are the same two files run on one H100 (to be replaced by the CPU runs as they finish).
+
+Invocations so far (results/s3pet/invocations.jsonl):
+"""
 
 
-def invocations(out: Path) -> list[dict]:
-    """What ran into ``out``: one JSON line per invocation (command, start, minutes, status)."""
-    path = out / "invocations.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+def invocations() -> list[dict]:
+    path = OUT / "invocations.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
-def log_invocation(out: Path, entry: dict) -> None:
-    entries = [e for e in invocations(out) if e["started"] != entry["started"]] + [entry]
-    (out / "invocations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+def log_invocation(entry: dict) -> None:
+    entries = [e for e in invocations() if e.get("started") != entry["started"]] + [entry]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "invocations.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
 
 
-def merge(out: Path, experiments: list[dict]) -> list[dict]:
-    """Tables over these experiments and every one an earlier invocation ran into ``out``."""
-    paths = [e["path"] for e in experiments]
-    for inv in invocations(out):
-        for p in inv.get("experiments", []):
-            if p not in paths:
-                paths.append(p)
-                experiments = [*experiments, {**load_search_experiment(p), "path": p}]
-    rows, methods = [], ["s3pet"]
-    for exp in experiments:
-        rows += read_rows(Path(exp["output"]) / "runs.csv")
-        methods += [m for m in exp["baselines"] if m not in methods]
-    # One row per (task, budget, seed, method), the first finished, when two experiments overlap.
-    rows = list({(r["task"], r["budget"], r["seed"], r["method"]): r for r in reversed(rows)}.values())[::-1]
-    if not rows:
-        return rows
-    write_rows(out / "runs.csv", [{k: r.get(k, "") for k in FIELDS} for r in rows])
-    done = {(r["task"], r["budget"], r["seed"], r["method"]) for r in rows}
-    missing = []
-    for exp in experiments:
-        for task, _ in exp["tasks"]:
-            for budget, _ in exp["budgets"]:
-                for seed in exp["seeds"]:
-                    for m in ["s3pet", *exp["baselines"]]:
-                        if m in ("s3pet", "random") or seed in exp["baseline_seeds"]:
-                            if (task, str(budget), str(seed), m) not in done:
-                                missing.append((task, budget, seed, m))
-    gaps: dict[tuple, set] = {}
-    for task, budget, seed, m in dict.fromkeys(missing):
-        gaps.setdefault((task, budget), set()).add(f"{m}/s{seed}")
-    missing = [f"{t} {b:.2%} ({', '.join(sorted(v))})" for (t, b), v in gaps.items()]
-    runs = [f"- `{e['command']}` (from `{ROOT.name}/`), started {e['started']} UTC, {e['minutes']:.1f} min wall "
-            f"time, {e['status']}" for e in invocations(out)]
-    write_tables(out, rows, methods, [
-        "# S3PET (S3Delta) structure search on MiniLM-L6: searched vs random vs manual structures",
-        "",
-        "Produced by (shared 2-core CPU, one thread per experiment process):",
-        "",
-        *runs,
-        "",
-        "Experiment files: " + ", ".join(f"`{e['path']}`" for e in experiments) + ". Rows: `runs.csv`; "
-        "structures, gate tables (alpha, p), heat-map data and plots: `*/structures/`.",
-        "",
-        "Missing (not run before the stop): " + ("; ".join(missing) if missing else "none") + ".",
-    ])
-    return rows
+def rerender(path: str, folder: Path, how: str) -> str | None:
+    """Tables of the store in ``folder`` (written by ``path``), rendered by this checkout."""
+    from designspace.s3pet.experiment import SearchExperiment, SearchRunner
+    from designspace.s3pet.report import collect, write_outputs
+    from designspace.store import TrialStore
+
+    store_path = folder / "trials.sqlite"
+    if not store_path.is_file():
+        return None
+    exp = SearchExperiment.load(path, output=str(folder.relative_to(ROOT)))
+    runner = SearchRunner(exp, progress=False)
+    runner.prepare()
+    store = TrialStore(store_path, readonly=True)
+    records = store.records()
+    if records:  # keys carry the fingerprints of the machine that ran them
+        runner.ids["backbone"] = records[0].spec.backbone_id
+        runner.ids["data"].update({r.spec.task: r.spec.data_id for r in records})
+    searches = runner.search_cells()
+    found = {r.key: r for r in store.records([c["spec"].key for c in searches])}
+    cells = collect(store, searches, runner.retrain_cells(found))
+    store.close()
+    for extra in (folder / "trials.sqlite-shm", folder / "trials.sqlite-wal"):
+        if extra.is_file() and (extra.name.endswith("shm") or not extra.stat().st_size):
+            extra.unlink()  # left by the read-only connection; nothing in them
+    write_outputs(exp, runner.budgets, runner.candidates, cells, how, 0.0)
+    return (folder / "README.md").read_text()
+
+
+def demote(text: str) -> str:
+    """One heading level down, the title dropped (it becomes a section of the README)."""
+    lines = text.splitlines()
+    return "\n".join(("#" + x if x.startswith("#") else x) for x in lines[1:]).strip()
+
+
+def write_readme() -> Path:
+    parts = [HEADER]
+    for e in invocations():
+        if not any(x.startswith("experiments/s3pet_") for x in e.get("experiments", [])):
+            continue  # issue 7's runs: listed in results/s3pet/sst2 etc.
+        parts.append(f"- `{e['command']}` started {e['started']} UTC, {e['minutes']} min, {e['status']}")
+    for path in EXPERIMENTS:
+        folder = OUT / Path(path).stem.replace("s3pet_", "search_")
+        text = rerender(path, folder, f"python experiments/run_s3pet.py ({path})")
+        parts.append(f"\n## {Path(path).stem}: `{path}`\n")
+        parts.append(demote(text) if text else "Not run yet.")
+    for path, name, title, how in OTHER_RUNS:
+        text = rerender(path, OUT / name, how)
+        if text:
+            parts.append(f"\n## {title} (results/s3pet/{name})\n")
+            parts.append(demote(text))
+    notes = OUT / "NOTES.md"
+    if notes.is_file():
+        parts.append("\n## Notes\n\n" + notes.read_text().split("\n", 1)[1].strip())
+    readme = OUT / "README.md"
+    readme.write_text("\n".join(parts).rstrip() + "\n")
+    return readme
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiments", nargs="+")
-    ap.add_argument("--output", default="results/s3pet")
-    ap.add_argument("--deadline-min", type=float, default=None, help="stop the runs after this many minutes")
-    ap.add_argument("--merge-only", action="store_true", help="only merge the experiments' tables")
-    args = ap.parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    experiments = [{**load_search_experiment(p), "path": p} for p in args.experiments]
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.merge_only:
-        merge(out, experiments)
-        print(f"merged into {out}/README.md")
-        return 0
-    started = time.perf_counter()
-    entry = {"command": command, "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), "minutes": 0.0,
-             "status": "running", "experiments": args.experiments}
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="*", default=EXPERIMENTS)
+    p.add_argument("--data-dir")
+    p.add_argument("--report", action="store_true", help="only rewrite results/s3pet/README.md from the stores")
+    args = p.parse_args(argv)
+    import os
 
-    def note(status: str) -> None:
-        log_invocation(out, {**entry, "minutes": round((time.perf_counter() - started) / 60, 1), "status": status})
-        merge(out, experiments)
+    os.chdir(ROOT)  # paths in the README relative to the repository
+    if not args.report:
+        from designspace.s3pet import run_search_experiment
 
-    procs = []
-    for exp in experiments:
-        Path(exp["output"]).mkdir(parents=True, exist_ok=True)
-        log = open(Path(exp["output"]) / "log.txt", "a")
-        code = f"from designspace.s3pet import run_search_experiment as r; r({exp['path']!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT))
-    status = "complete"
-    while any(p.poll() is None for p in procs):
-        time.sleep(30)
-        note("running")
-        if args.deadline_min and time.perf_counter() - started > 60 * args.deadline_min:
-            status = f"stopped at the {args.deadline_min:g}-minute deadline"
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                p.wait()
-    failed = [e["path"] for e, p in zip(experiments, procs, strict=True) if p.returncode not in (0, -15)]
-    if failed:
-        status = f"failed: {failed} (see log.txt in their output folders)"
-    note(status)
-    rows = read_rows(out / "runs.csv")
-    mult = cost_multiples(rows)
-    if mult:
-        print(f"search cost: {sum(mult) / len(mult):.2f}x one retraining (mean over {len(mult)} searches)")
-    print(f"{status}; tables in {out}/README.md")
-    return 1 if failed else 0
+        command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0])), *sys.argv[1:]])
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        t0, status = time.perf_counter(), "complete"
+        try:
+            for path in args.experiments:
+                folder = OUT / Path(path).stem.replace("s3pet_", "search_")
+                run_search_experiment(path, data_dir=args.data_dir, output=str(folder))
+        except KeyboardInterrupt:
+            status = "stopped by the user (rerun the same command to resume)"
+        finally:
+            log_invocation({"command": command, "started": started, "minutes": round((time.perf_counter() - t0) / 60, 1),
+                            "status": status, "experiments": list(args.experiments)})
+    print(write_readme())
+    return 0
 
 
 if __name__ == "__main__":

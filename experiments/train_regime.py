@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from designspace import PRESETS, compile
+from designspace import PRESETS, compile_plan
 from designspace.backbones import load_backbone
-from designspace.train import Regime, train_design, with_lr
+from designspace.regime import Regime, with_lr
+from designspace.train import train_design
 
 HERE = Path(__file__).resolve().parent.parent / "results" / "train"
 BASE = Regime(threads=1)
@@ -41,7 +42,7 @@ SEEDS = (0, 1, 2)
 def measure(out: Path, which: list[int]) -> None:
     torch.set_num_threads(1)
     backbone = load_backbone("minilm-l6")
-    plan = compile(PRESETS["all-lora"](), backbone)
+    plan = compile_plan(PRESETS["all-lora"], backbone)
     done = {(r["regime"], r["seed"]) for r in load(out)}
     for seed in SEEDS:
         for i, (name, regime) in enumerate(REGIMES.items()):
@@ -49,7 +50,7 @@ def measure(out: Path, which: list[int]) -> None:
                 continue
             t, c = time.perf_counter(), time.process_time()
             r = train_design(plan, backbone, "sst2", regime, seed=seed)
-            row = {"regime": name, "seed": seed, "status": r.status, "accuracy": r.score, "final_loss": r.final_loss,
+            row = {"regime": name, "seed": seed, "status": str(r.status), "accuracy": r.score, "final_loss": r.final_loss,
                    "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
                    "seconds_train": r.seconds_train, "seconds_eval": r.seconds_eval, "tokens": r.tokens,
                    "steps": r.steps, "load": os.getloadavg()[0]}

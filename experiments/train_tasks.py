@@ -13,25 +13,29 @@ from pathlib import Path
 
 import torch
 
-from designspace import PRESETS, compile
+from designspace import PRESETS, compile_plan
 from designspace.backbones import load_backbone
 from designspace.tasks import get_task
-from designspace.train import Regime, train_design
+from designspace.regime import Regime
+from designspace.train import train_design
 
 HERE = Path(__file__).resolve().parent.parent / "results" / "train"
 TASKS = ("mrpc", "rte", "stsb", "cola")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     torch.set_num_threads(1)
     regime = replace(Regime(), threads=1)
     backbone = load_backbone("minilm-l6")
-    plan = compile(PRESETS["all-lora"](), backbone)
+    plan = compile_plan(PRESETS["all-lora"], backbone)
     rows = []
     for task in TASKS:
         r = train_design(plan, backbone, task, regime, seed=0)
-        row = {"task": task, "status": r.status, "error": r.error, "metrics": r.metrics, "score": r.score,
-               "n_train": r.n_train, "n_dev": r.n_dev, "steps": r.steps, "tokens": r.tokens,
+        row = {"task": task, "status": str(r.status), "error": r.error, "metrics": r.metrics, "score": r.score,
+               "n_train": r.n_train, "n_dev": r.n_eval, "steps": r.steps, "tokens": r.tokens,
                "final_loss": r.final_loss, "seconds_train": r.seconds_train, "seconds_eval": r.seconds_eval,
                "load": os.getloadavg()[0]}
         rows.append(row)
@@ -42,7 +46,7 @@ def main() -> None:
         "",
         "Command: `python experiments/train_tasks.py` (1 torch thread, shared 2-core machine: seconds are",
         f"inflated by other jobs). Regime: `{json.dumps({k: v for k, v in regime.to_dict().items() if k != 'lr'})}`,",
-        f"lr {regime.lr['lora']} (LoRA and head).",
+        f"lr {regime.lr_for('lora')} (LoRA and head).",
         "",
         "| task | status | main metric | metrics | train / dev examples | steps | train tokens | train s | eval s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

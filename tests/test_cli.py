@@ -137,3 +137,13 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert block, "README has a 'Use it from Python' section with a python block"
     monkeypatch.chdir(tmp_path)
     exec(compile(block.group(1), "README.md", "exec"), {})
+
+
+SCRIPTS = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "experiments").glob("*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_committed_script_still_starts(script):
+    """Results name the command that made them: the command must still run (its --help at least)."""
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-1500:]

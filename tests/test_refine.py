@@ -218,3 +218,54 @@ def test_choices_with_one_partition_are_one_choice(tmp_path, tiny_bert_dir):
     run(exp)
     (state,) = load_states(TrialStore(exp.store_path))
     assert state.status == "skipped" and state.labels == ["spindle=uniform"] and not TrialStore(exp.store_path).records()
+
+
+def test_replicate_seeds_are_averaged_and_stages_never_share_a_trial(tmp_path):
+    """A stage's winner used to re-enter the next stage with the same (selected, lucky) score, and
+    extra seeds were never averaged into a design's score."""
+    from designspace.stage import design_score
+
+    exp = synthetic(tmp_path, seeds_per_design=2, stages=["grouping", "allocation"])
+    run(exp)
+    store = TrialStore(exp.store_path)
+    by_stage: dict[str, set] = {}
+    for r in store.records():
+        by_stage.setdefault(r.spec.label.split("/")[0], set()).add(r.key)
+    assert len(by_stage) == 2 and not set.intersection(*by_stage.values())
+    (state, _) = load_states(store)
+    block = state.rounds[0].blocks[0]
+    seeds = {r.spec.seed for r in store.records() if r.spec.label.startswith(state.name)
+             and r.spec.design.to_dict() | {"grouping": "x"} == Design.from_dict(block.base).to_dict() | {"grouping": "x"}}
+    assert {block.seed, block.seed + 7919} <= seeds
+    two = [r for r in store.records() if r.spec.label == f"{state.name}/spindle" and r.spec.seed in
+           (block.seed, block.seed + 7919) and r.spec.design.allocation == block.base["allocation"]
+           and r.spec.design.tuned_groups == tuple(block.base["tuned_groups"])]
+    assert len(two) == 2 and design_score(two) == sum(100 * r.score for r in two) / 2
+
+
+def test_auto_sizes_rounds_from_the_measured_paired_noise(tmp_path):
+    exp = synthetic(tmp_path, blocks="auto", resolution=0.8, max_blocks=40, stages=["grouping", "allocation"])
+    run(exp)
+    states = load_states(TrialStore(exp.store_path))
+    assert states[0].sizing[0].startswith("auto: paired sd 1.20")  # the prior, before anything is measured
+    measured = states[0].verdicts[-1]["resid_sd"]
+    assert states[1].sizing[0].startswith(f"auto: paired sd {measured:.2f}")  # the next stage uses it
+    assert sum(len(r.blocks) for r in states[0].rounds) <= 40
+
+
+def test_an_existing_file_as_output_is_one_line(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("not a folder")
+    exp = synthetic(tmp_path, output=str(target))
+    with pytest.raises(DesignSpaceError, match="file.txt.*is a file") as e:
+        run(exp)
+    assert "\n" not in str(e.value) and target.read_text() == "not a folder"
+
+
+def test_packing_changes_speed_not_results(tmp_path):
+    one = synthetic(tmp_path, "one", stages=["grouping", "allocation"])
+    three = synthetic(tmp_path, "three", stages=["grouping", "allocation"], pack=3)
+    assert run(one) == run(three)
+    a = {r.key: r.score for r in TrialStore(one.store_path).records()}
+    b = {r.key: r.score for r in TrialStore(three.store_path).records()}
+    assert a == b

@@ -25,8 +25,6 @@ from designspace.s3pet.search import search
 from designspace.s3pet.structure import (
     candidate_specs,
     candidates_plan,
-    empty_plan,
-    fill,
     heatmap_data,
     manual_structure,
     plan_candidates,
@@ -357,10 +355,22 @@ def test_search_warms_up_anneals_and_stays_on_the_budget(bert, glue_dir, order):
     assert after[0]["expected_cost"] == pytest.approx(0.5 * pool_params(res.candidates), rel=1e-3)
     assert after[-1]["expected_cost"] == pytest.approx(budget, rel=1e-3)
     assert res.snapshots["steps"] == [0, 4, 8] and len(res.snapshots["p"][0]) == len(res.candidates)
-    assert any(a != 0 for a in res.alpha)
+    assert any(a not in (None, 0) for a in res.alpha)
     assert res.chosen == top_fill(res.p, [c.params for c in res.candidates], budget)
     r = train_design(res.plan, bert, "sst2", Regime(n_train=64, n_dev=40, batch_size=8), seed=0, data_dir=glue_dir)
     assert r.status == "ok" and r.trainable_params == res.plan.params and r.score is not None
+
+
+def test_candidates_larger_than_the_budget_get_no_gate(bert, glue_dir):
+    cands = candidate_specs(bert)
+    budget = 50  # fits BitFit and LNFit (32, 48), not LoRA (64) nor adapters (98)
+    cfg = SearchConfig(n_train=32, batch_size=8, warmup_epochs=0.5, epochs=1.0)
+    res = search(bert, "sst2", (budget + 0.5) / bert.n_params, cfg, seed=0, data_dir=glue_dir)
+    big = [i for i, c in enumerate(cands) if c.params > budget]
+    assert big and all(res.p[i] == 0.0 and res.alpha[i] is None for i in big)
+    assert all(res.alpha[i] is not None for i in range(len(cands)) if i not in big)
+    assert all(row[i] == 0.0 for row in res.snapshots["p"] for i in big)
+    assert sum(res.p) > 0 and res.plan.params <= budget
 
 
 def test_search_record_holds_the_structure_and_is_reproducible(bert, glue_dir):
@@ -390,7 +400,7 @@ def test_experiment_runs_through_the_store_writes_tables_and_resumes(bert, glue_
         "backbone: tiny\ntasks: [sst2]\nbudgets: [{pool: 0.1}, 0.002]\nseeds: [0, 1]\n"
         "regime: {n_train: 32, n_dev: 40, batch_size: 8}\n"
         "search: {n_train: 32, batch_size: 8, epochs: 1.0, warmup_epochs: 0.5}\n"
-        "baselines: [random, bitfit, lora]\nbackend: sequential\n"
+        "baselines: [random, bitfit]\nbackend: sequential\nthreads: 1\n"
     )
     summary = run_search_experiment(tmp_path / "e.yaml", data_dir=str(glue_dir), output=str(out), progress=False)
     store = TrialStore(out / "trials.sqlite", readonly=True)

@@ -23,8 +23,8 @@ from ..pack import available_memory_mb, group_packs
 from ..store import TrialStore
 from ..trial import Status, TrialRecord, TrialSpec, lost
 from .engines import BACKENDS, Engine, engine, is_worker_death, resources
-from .scorer import Scorer, TrainScorer, run_pack_trials
-from .worker import run_trial
+from .scorer import Scorer, TrainScorer
+from .worker import run_pack_trials, run_trial
 
 
 class _PoolBroken(Exception):
@@ -174,7 +174,7 @@ def evaluate(
     todo = [s for s in unique if s.key not in statuses or not statuses[s.key].final]
     if todo:
         units = [tuple(p) for p in group_packs(todo, pack)]
-        if backend == "loky" and address is None:
+        if backend != "sequential" and address is None:  # workers on this host share its memory
             n_jobs = packs_that_fit(units, n_jobs, scorer)
         bar = Progress(len(todo), label, progress)
         try:

@@ -143,32 +143,3 @@ class SyntheticScorer:
         own = _unit_normal(self.salt, "trial", spec.key)
         points = self.truth(spec) + self.noise_sd * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own)
         return TrialRecord(spec, Status.OK, score=points / 100.0, metrics={"synthetic": points / 100.0}, device="none")
-
-
-def run_pack_trials(index: int, specs: list[TrialSpec], threads: int | None, scorer, driver_pid: int | None,
-                    host: str | None = None) -> tuple[int, list[TrialRecord]]:
-    """Score the specs of one pack in this worker: ``scorer.pack(specs)`` where the scorer has it. Never
-    raises: if the pack call itself raises, each spec is scored alone (``worker.run_trial``), so one
-    design's failure is its own."""
-    import socket
-
-    from ..store import utc_now
-    from .worker import run_trial, set_threads, watch_parent
-
-    if not hasattr(scorer, "pack"):
-        return index, [run_trial(index, spec, threads, scorer, driver_pid, host)[1] for spec in specs]
-    if driver_pid is not None and host == socket.gethostname():
-        watch_parent(driver_pid)
-    started = utc_now()
-    try:
-        if threads:
-            set_threads(threads)
-        records = scorer.pack(specs)
-        if [r.key for r in records] != [s.key for s in specs]:
-            raise RuntimeError(f"{scorer!r}.pack returned records for other specs")
-    except Exception:
-        return index, [run_trial(index, spec, threads, scorer, driver_pid, host)[1] for spec in specs]
-    ended, worker = utc_now(), f"{socket.gethostname()}:{os.getpid()}"
-    for record in records:
-        record.worker, record.started_at, record.ended_at = worker, started, ended
-    return index, records

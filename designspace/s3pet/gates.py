@@ -18,10 +18,14 @@ from torch import nn
 def solve_shift(alpha: torch.Tensor, n: torch.Tensor, budget: float, beta: float, iters: int = 200) -> float:
     """The ``b`` with ``sum n * sigmoid((alpha - b) / beta) == budget``: -inf when everything fits.
 
-    Bisection in float64: the expected cost falls monotonically in ``b``, and the bracket below
-    puts it within 1e-20 of the total at one end and of 0 at the other.
+    Bisection in float64 on the CPU (a few hundred values: one copy, no device round trip per
+    iteration): the expected cost falls monotonically in ``b``, and the bracket below puts it within
+    1e-20 of the total at one end and of 0 at the other.
     """
-    a, n = alpha.detach().double(), n.detach().double()
+    import numpy as np
+
+    a = alpha.detach().double().cpu().numpy()
+    n = n.detach().double().cpu().numpy()
     if budget >= float(n.sum()):
         return -math.inf
     if budget <= 0:
@@ -31,7 +35,9 @@ def solve_shift(alpha: torch.Tensor, n: torch.Tensor, budget: float, beta: float
         mid = 0.5 * (lo + hi)
         if mid in (lo, hi):  # adjacent doubles: as exact as float64 gets
             break
-        if float((n * torch.sigmoid((a - mid) / beta)).sum()) > budget:
+        with np.errstate(over="ignore"):  # exp overflow is a probability of 0, as meant
+            spent = float((n / (1.0 + np.exp(-(a - mid) / beta))).sum())
+        if spent > budget:
             lo = mid
         else:
             hi = mid
@@ -51,9 +57,13 @@ class Gates(nn.Module):
         self.register_buffer("n", torch.tensor(list(params), dtype=torch.float64))
         self.budget, self.beta, self.tau = budget, beta, tau
         self.current: torch.Tensor | None = None
+        self._shift: tuple | None = None  # (alpha version, budget, shift): solved once per update
 
     def shift(self) -> float:
-        return solve_shift(self.alpha, self.n, self.budget, self.beta)
+        key = (self.alpha._version, self.alpha.data_ptr(), float(self.budget))
+        if self._shift is None or self._shift[:3] != key:
+            self._shift = (*key, solve_shift(self.alpha, self.n, self.budget, self.beta))
+        return self._shift[3]
 
     def logits(self, shift: float | None = None) -> torch.Tensor:
         b = self.shift() if shift is None else shift

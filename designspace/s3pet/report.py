@@ -43,9 +43,11 @@ def _method_stats(cells: list[dict]) -> dict:
             "status": status}
 
 
-def _search_stats(search_cells: list[dict], retrain_s3pet: dict, candidates_n: int) -> dict:
+def _search_stats(search_cells: list[dict], retrain_s3pet: dict, candidates_n: int, pool_share: float) -> dict:
+    from .summary import binary_entropy, decided_share
+
     done = [c for c in search_cells if c["record"] is not None and c["record"].status.value == "ok"]
-    out: dict = {"n": len(done), "of": len(search_cells)}
+    out: dict = {"n": len(done), "of": len(search_cells), "uniform_entropy": binary_entropy(pool_share)}
     if not done:
         return out
     results = [c["record"].result for c in done]
@@ -63,8 +65,12 @@ def _search_stats(search_cells: list[dict], retrain_s3pet: dict, candidates_n: i
             h = [x for x in r["history"] if x["phase"] == "search"]
             traj.append([h[round(q * (len(h) - 1))]["entropy"] for q in (0, 0.25, 0.5, 0.75, 1)])
         out["entropy"] = [statistics.mean(t[i] for t in traj) for i in range(5)]
-        out["polarised_end"] = statistics.mean(
-            [x for x in r["history"] if x["phase"] == "search"][-1]["polarised"] for r in searched)
+        out["decided_end"] = statistics.mean(
+            decided_share(r["p"], [c["params"] for c in r["candidates"]], r["plan"]["budget_params"])
+            for r in searched)
+        out["p_chosen"] = statistics.mean(statistics.mean(r["p"][i] for i in r["chosen"]) for r in searched)
+        out["p_rest_max"] = statistics.mean(max(x for i, x in enumerate(r["p"]) if i not in set(r["chosen"]))
+                                            for r in searched)
         out["steps"] = searched[0]["steps"]
     mult = []
     for c in done:
@@ -98,7 +104,7 @@ def summarise(exp, budgets, cells: list[dict], candidates) -> dict:
             stats = {m: _method_stats([c for c in at if c["method"] == m]) for m in methods}
             paired = {m: paired_difference(stats["s3pet"]["scores"], stats[m]["scores"]) for m in methods[1:]}
             re = {c["seed"]: c["record"] for c in at if c["method"] == "s3pet"}
-            search = _search_stats([c for c in at if c["method"] == "s3pet search"], re, len(candidates))
+            search = _search_stats([c for c in at if c["method"] == "s3pet search"], re, len(candidates), b.pool_share)
             search["random_jaccard"] = mean_pairwise_jaccard(random_sets([c for c in at if c["method"] == "random"],
                                                                           candidates))
             rows.append({"budget": {"params": b.params, "fraction": b.fraction, "pool_share": b.pool_share,
@@ -132,8 +138,9 @@ def render(exp, budgets, summary: dict, command: str, seconds: float) -> str:
     lines = [
         f"# S3PET on {exp.backbone}: searched vs random vs budget-matched manual structures",
         "",
-        f"Written by `{command}` (experiment `{exp.source}`, store `{exp.store_path}`), "
-        f"{seconds / 60:.1f} min in this invocation. Every number below is read from the store.",
+        f"Run by `{command}` (experiment `{exp.source}`, store `{exp.store_path}`"
+        + (f", {seconds / 60:.1f} min in the invocation that wrote this" if seconds else "")
+        + "). Every number below is read from the store.",
         "",
         f"- Candidate pool: {summary['n_candidates']} candidates, {summary['pool_params']:,} parameters.",
         *[f"- Budget `{b.given}`: {b.describe()}." for b in budgets],
@@ -164,19 +171,23 @@ def render(exp, budgets, summary: dict, command: str, seconds: float) -> str:
                 lines.append(f"| {head} | {m} | {p} | {_ms(s)} | {_diff(d)} | "
                              f"{row['verdict'].get(m, '') if d else ''} |")
                 head = ""
-        lines += ["", "| budget | searches | entropy of p (bits/candidate) at 0, 25, 50, 75, 100 % of the search | "
-                      "polarised at end | Jaccard of chosen sets across seeds (random's) | top-10 Jaccard | "
-                      "search cost x one retraining |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| budget | searches | entropy of p (bits/candidate) at 0, 25, 50, 75, 100 % of the search "
+                      "(uniform p at the budget) | budget held by p ≥ 0.9 at end | mean p of chosen / largest p of "
+                      "the rest | Jaccard of chosen sets across seeds (random's) | top-10 Jaccard | "
+                      "search cost x one retraining |", "|---|---|---|---|---|---|---|---|"]
         for row in t["budgets"]:
             s = row["search"]
-            ent = " → ".join(f"{x:.3f}" for x in s["entropy"]) if s.get("entropy") else "nothing to search"
-            pol = f"{s['polarised_end']:.0%}" if "polarised_end" in s else ""
+            ent = (" → ".join(f"{x:.3f}" for x in s["entropy"]) + f" ({s['uniform_entropy']:.3f})"
+                   if s.get("entropy") else "nothing to search")
+            pol = f"{s['decided_end']:.0%}" if "decided_end" in s else ""
+            pc = f"{s['p_chosen']:.2f} / {s['p_rest_max']:.2f}" if "p_chosen" in s else ""
             jac = (f"{s['chosen_jaccard']:.2f} ({s['random_jaccard']:.2f})"
                    if s.get("chosen_jaccard") is not None and s.get("random_jaccard") is not None else "")
             top = f"{s['top_jaccard']:.2f}" if s.get("top_jaccard") is not None else ""
             cm = s.get("cost_multiple")
             cost = f"{cm['mean']:.1f} ({cm['min']:.1f}-{cm['max']:.1f})" if cm else ""
-            lines.append(f"| {row['budget']['params']:,} | {s['n']}/{s['of']} | {ent} | {pol} | {jac} | {top} | {cost} |")
+            lines.append(f"| {row['budget']['params']:,} | {s['n']}/{s['of']} | {ent} | {pol} | {pc} | {jac} | {top} | "
+                         f"{cost} |")
     if summary["cost_multiple"] is not None:
         lines += ["", f"Search cost: {summary['cost_multiple']:.2f}x one retraining (train + dev evaluation of the "
                       "searched structure), mean over budgets and tasks."]

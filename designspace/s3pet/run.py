@@ -35,7 +35,7 @@ def search_record(spec: TrialSpec, backbone) -> TrialRecord:
             record.steps = res.steps["warmup"] + res.steps["search"]
             last = [h for h in res.history if h["phase"] == "search"]
             record.final_loss = last[-1]["loss_gates"] if last else None
-            record.metrics = {"entropy": last[-1]["entropy"], "polarised": last[-1]["polarised"]} if last else {}
+            record.metrics = {"entropy": last[-1]["entropy"], "decided": last[-1]["decided"]} if last else {}
         except DesignSpaceError as e:
             record.status, record.error = Status.INFEASIBLE, str(e)
         except FloatingPointError as e:

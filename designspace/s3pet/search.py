@@ -16,27 +16,26 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..attach import module_keys
-from ..data import collate, epoch_batches, length_bucketed_batches, tokenise
+from ..data import epoch_batches, length_bucketed_batches, tokenise
 from ..errors import invalid
 from ..model import PETModel
 from ..plan import ModuleSpec, Plan
 from ..regime import Regime
 from ..tasks import TaskSpec, get_task
-from ..train import pad_token_id
+from ..train import design_groups, loss_function, pad_token_id, task_loss, to_device
 from .config import SearchConfig
 from .gates import Gates
 from .structure import candidate_specs, candidates_plan, heatmap_data, structure_plan, top_fill
-from .summary import mean_entropy, polarised_share
+from .summary import decided_share, mean_entropy
 
 
 @dataclass
 class SearchResult:
     plan: Plan  # the discretised structure
     candidates: tuple[ModuleSpec, ...]
-    alpha: list[float]
+    alpha: list[float | None]  # None: the candidate is larger than the budget and had no gate
     p: list[float]
     shift: float  # -inf when the whole pool fits the budget
     chosen: list[int]
@@ -60,7 +59,7 @@ class SearchResult:
             "candidates": [{"layer": c.layer, "strategy": c.strategy, "role": c.roles[0], "size": c.size,
                             "params": c.params} for c in self.candidates],
             "pool_params": sum(c.params for c in self.candidates),
-            "alpha": [round(a, 6) for a in self.alpha],
+            "alpha": [None if a is None else round(a, 6) for a in self.alpha],
             "p": [round(x, 6) for x in self.p],
             "shift": self.shift if math.isfinite(self.shift) else None,
             "chosen": list(self.chosen),
@@ -74,11 +73,9 @@ class SearchResult:
 
 
 def batch_loss(model: nn.Module, batch, spec: TaskSpec, pad_id: int, device) -> torch.Tensor:
-    b = collate(batch, pad_id, device, spec.is_regression)
-    out = model(b["input_ids"], b["attention_mask"])
-    if spec.is_regression:
-        return F.mse_loss(out.squeeze(-1), b["labels"])
-    return F.cross_entropy(out, b["labels"])
+    """The task's loss on one batch, as retraining computes it."""
+    b = to_device(batch, pad_id, device, spec.is_regression)
+    return task_loss(loss_function(spec), model(b["input_ids"], b["attention_mask"]), b["labels"], spec.is_regression)
 
 
 def search(backbone, task: str, budget: float, config: SearchConfig, seed: int = 0, data_seed: int | None = None,
@@ -96,31 +93,45 @@ def search(backbone, task: str, budget: float, config: SearchConfig, seed: int =
     if min(params) > budget_params:
         raise invalid("budget", budget, f"a budget of at least {min(params):,} parameters (the smallest candidate) "
                                         f"on {backbone.name}")
-    gates = Gates(params, budget_params, config.beta, config.tau)
+    # A candidate larger than the whole budget can never be chosen: it gets no gate (p = 0), so it
+    # neither holds probability mass nor trains beside the others.
+    eligible = [i for i, n in enumerate(params) if n <= budget_params]
+    gates = Gates([params[i] for i in eligible], budget_params, config.beta, config.tau)
     history: list[dict] = []
     snapshots: dict = {"steps": [], "p": []}
     seconds, steps, n_train = {"warmup": 0.0, "search": 0.0}, {"warmup": 0, "search": 0}, 0
-    if budget_params < sum(params):
-        n_train = _optimise(backbone, spec, cands, gates, config, regime, seed,
+    if budget_params < sum(params[i] for i in eligible):
+        n_train = _optimise(backbone, spec, [cands[i] for i in eligible], gates, config, regime, seed,
                             seed if data_seed is None else data_seed, data_dir, hub,
                             history, snapshots, seconds, steps, progress)
     with torch.no_grad():
         shift = gates.shift()
-        p = gates.probs(shift).tolist()
+        p_eligible, a_eligible = gates.probs(shift).tolist(), gates.alpha.detach().tolist()
+    p, alpha = [0.0] * len(cands), [None] * len(cands)
+    for j, i in enumerate(eligible):
+        p[i], alpha[i] = p_eligible[j], a_eligible[j]
+    snapshots["p"] = [_spread(row, eligible, len(cands)) for row in snapshots["p"]]
     chosen = top_fill(p, params, budget_params)
     origin = f"s3pet search ({spec.name}, seed {seed})"
     plan = structure_plan(backbone, [cands[i] for i in chosen], budget, {**config.options, "origin": origin})
-    return SearchResult(plan, tuple(cands), gates.alpha.detach().tolist(), p, shift, chosen, history, snapshots,
-                        seconds, steps, n_train)
+    return SearchResult(plan, tuple(cands), alpha, p, shift, chosen, history, snapshots, seconds, steps, n_train)
+
+
+def _spread(values: list[float], eligible: list[int], n: int) -> list[float]:
+    """Values of the eligible candidates at their places in the pool; 0 for the others."""
+    out = [0.0] * n
+    for j, i in enumerate(eligible):
+        out[i] = values[j]
+    return out
 
 
 def _weight_groups(model: PETModel, config: SearchConfig, regime: Regime) -> list[dict]:
-    groups: dict[str, list] = {}
-    for module in model.pet.pets.values():
-        groups.setdefault(module.strategy_name, []).extend(p for p in module.parameters() if p.requires_grad)
-    groups["head"] = list(model.head.parameters())
-    fixed = None if config.lr_weights == "regime" else float(config.lr_weights)
-    return [{"params": ps, "lr": fixed or regime.lr_for(s), "name": s} for s, ps in groups.items() if ps]
+    """The retraining's AdamW groups (one per strategy, and the head), at one rate if the search sets one."""
+    groups = design_groups(model.pet, model.head, regime)
+    if config.lr_weights != "regime":
+        for g in groups:
+            g["lr"] = float(config.lr_weights)
+    return groups
 
 
 def _linear(warmup: int, total: int):
@@ -155,7 +166,7 @@ def _optimise(backbone, spec, cands, gates, config, regime, seed, data_seed, dat
     groups = _weight_groups(model, config, regime)
     weights = [p for g in groups for p in g["params"]]
     total = len(warm) + len(w_batches)
-    opt_w = torch.optim.AdamW(groups, weight_decay=regime.weight_decay)
+    opt_w = torch.optim.AdamW(groups)
     sched_w = torch.optim.lr_scheduler.LambdaLR(opt_w, _linear(max(1, int(regime.warmup * total)), total))
     opt_g = torch.optim.AdamW([gates.alpha], lr=config.lr_gates, weight_decay=0.0)
     sched_g = torch.optim.lr_scheduler.LambdaLR(
@@ -178,7 +189,8 @@ def _optimise(backbone, spec, cands, gates, config, regime, seed, data_seed, dat
             p = gates.probs().tolist()
         history.append({"phase": phase, "step": step, "loss_weights": round(loss_w, 5),
                         "loss_gates": None if loss_g is None else round(loss_g, 5),
-                        "entropy": round(mean_entropy(p), 5), "polarised": round(polarised_share(p), 4),
+                        "entropy": round(mean_entropy(p), 5),
+                        "decided": round(decided_share(p, gates.n.tolist(), gates.budget), 4),
                         "expected_cost": round(gates.expected_cost(), 1), "lr_gates": sched_g.get_last_lr()[0]})
 
     def weight_step(batch, gate_values) -> float:

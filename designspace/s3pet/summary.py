@@ -1,7 +1,8 @@
 """The numbers an S3PET experiment reports, computed from plain values (no torch here).
 
-- how far the gates polarised: the mean binary entropy of ``p`` (bits per candidate) and the share
-  of candidates whose ``p`` is within 0.05 of 0 or 1;
+- how far the gates polarised: the mean binary entropy of ``p`` (bits per candidate; a uniform
+  ``p`` at the budget has ``H(budget / pool)``) and the share of the budget held by gates with
+  ``p >= 0.9``;
 - how stable the search is: the Jaccard overlap of the structures (and of the top of the gate
   ranking) that different seeds found, beside the same overlap for random structures;
 - how the searched structure compares: mean +- sd over seeds, and the paired difference (by seed:
@@ -29,9 +30,10 @@ def mean_entropy(p: Sequence[float]) -> float:
     return sum(binary_entropy(float(x)) for x in p) / len(p) if len(p) else 0.0
 
 
-def polarised_share(p: Sequence[float], margin: float = 0.05) -> float:
-    """Share of gates within ``margin`` of 0 or 1."""
-    return sum(1 for x in p if x <= margin or x >= 1 - margin) / len(p) if len(p) else 1.0
+def decided_share(p: Sequence[float], params: Sequence[float], budget: float, at: float = 0.9) -> float:
+    """Share of the budget held by gates with ``p >= at``: 0 while p is spread (however small the
+    entropy of a tiny uniform p), 1 once the structure is decided."""
+    return sum(n * x for x, n in zip(p, params, strict=True) if x >= at) / budget if budget > 0 else 1.0
 
 
 def jaccard(a, b) -> float:
