@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# A real, small refinement (7 stages) on real SST-2 and RTE with the offline MiniLM-L6; resumable.
+# A real, small paired refinement (4 stages) on real SST-2 with the offline MiniLM-L6, into runs/quick;
+# resumable. results/quick is a committed run of the same file.
 demo: setup
 	$(VENV)/bin/designspace refine experiments/quick.yaml
-	$(VENV)/bin/designspace plot results/quick
+	$(VENV)/bin/designspace plot runs/quick
 	$(VENV)/bin/designspace status experiments/quick.yaml
 
 # Lint, then the default suite (slow real-data runs are marked and excluded); exit 5 (no tests) is not a failure.

@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from designspace import Design, DesignSpace, Experiment, TrialStore  # noqa: E402
 from designspace.pool import SyntheticScorer  # noqa: E402
 from designspace.refine import Refiner  # noqa: E402
-from designspace.space import format_choice  # noqa: E402
 from designspace.trial import TrialSpec  # noqa: E402
 
 STRATEGY_SETS = [["lora"], ["adapter"], ["adapter", "lora"], ["bitfit", "prefix"]]
@@ -144,8 +143,7 @@ def refinements(a) -> None:
     print(f"Space: 5 groupings (4 partitions on 6 layers) x 3 allocations x 4 tuned-group sets x 4 strategy sets "
           f"per group; effect sd {a.effect_sd}, design deviation sd {a.design_sd}, seed sd {a.seed_sd}, shared "
           f"{a.shared}; paired: {a.blocks} blocks per round, at most {a.rounds} rounds, margin {a.margin}.\n")
-    print("| procedure | mean trials | correct (regret < {:.2f}) | mean regret | correct per 100 trials |".format(
-        a.tolerance))
+    print(f"| procedure | mean trials | correct (regret < {a.tolerance:.2f}) | mean regret | correct per 100 trials |")
     print("|---|---:|---:|---:|---:|")
     per100 = {}
     for name, vals in rows.items():

@@ -40,6 +40,15 @@ REFINE = {
 }
 
 
+#: A small S3PET run: 2 seeds, 1 budget, short searches and retrainings (minutes on 2 cores).
+S3PET = {
+    "backbone": "minilm-l6", "tasks": ["sst2"], "budgets": [1.39e-4], "seeds": [0, 1],
+    "regime": {"n_train": 200, "epochs": 1, "batch_size": 16, "max_length": 48},
+    "search": {"n_train": 400, "warmup_epochs": 1, "epochs": 1, "lr_gates": 0.1},
+    "baselines": ["random", "lnfit"], "anchors": ["head"], "n_jobs": 2, "threads": 1,
+}
+
+
 def descendants(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
     children: dict[int, list[int]] = {}
@@ -74,7 +83,7 @@ def snapshot(store: Path) -> tuple[dict, list]:
     from designspace.refine import load_states
 
     with TrialStore(store, create=False, readonly=True) as s:
-        records = {r.key: (str(r.status), r.score) for r in s.records()}
+        records = {r.key: (str(r.status), r.score, str(r.result.get("chosen"))) for r in s.records()}
         states = [st.to_dict() for st in load_states(s)]
     return records, states
 
@@ -169,9 +178,7 @@ def main(argv=None) -> None:
             lines += two_drivers(folder, REFINE)
             lines += edited(folder, REFINE)
         else:
-            from designspace.s3pet.faults import S3PET_DRILL
-
-            lines = kills(folder, S3PET_DRILL, a.kills, rng, "search")
+            lines = kills(folder, S3PET, a.kills, rng, "search")
         for line in lines:
             print(f"- {line}")
     print(f"\nLoad average at the end {os.getloadavg()[0]:.2f}.")

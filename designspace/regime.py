@@ -10,6 +10,8 @@ from .errors import check_float, check_int, dataclass_from_dict, invalid
 from .strategies import registry
 
 HEAD_LR = 2e-3
+#: Full fine-tuning's rate for the backbone's own weights (the usual 2e-5 .. 5e-5 for BERT-size models).
+BACKBONE_LR = 5e-5
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class Regime:
 
     def __post_init__(self):
         for k, v in (self.lr or {}).items():
-            if k != "head" and k not in registry.names():
-                raise invalid(f"regime.lr.{k}", v, "strategies " + ", ".join(registry.names()) + ", head")
+            if k not in ("head", "backbone") and k not in registry.names():
+                raise invalid(f"regime.lr.{k}", v, "strategies " + ", ".join(registry.names()) + ", head, backbone")
             check_float(v, f"regime.lr.{k}", 0.0, 1.0, open_low=True, open_high=True)
         object.__setattr__(self, "lr", dict(self.lr or {}))
         for k in ("n_train", "n_dev", "max_steps"):
@@ -55,10 +57,11 @@ class Regime:
                           f"at least one batch: epochs * n_train >= batch_size ({self.batch_size})")
 
     def lr_for(self, name: str) -> float:
-        """The learning rate of a strategy's parameters (``head``: the task head)."""
+        """The learning rate of a strategy's parameters (``head``: the task head; ``backbone``: the
+        backbone's own weights under full fine-tuning)."""
         if name in self.lr:
             return float(self.lr[name])
-        return HEAD_LR if name == "head" else registry.get(name).lr
+        return {"head": HEAD_LR, "backbone": BACKBONE_LR}.get(name) or registry.get(name).lr
 
     def to_dict(self) -> dict:
         d = asdict(self)

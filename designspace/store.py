@@ -368,10 +368,22 @@ class TrialStore:
         return [{**dict(r), "state": json.loads(r["state"])} for r in rows]
 
     def set_note(self, key: str, value: Any) -> None:
-        """An experiment-level fact (the experiment's identity, the final design), replaced whole."""
+        """An experiment-level fact (one of ``NOTES``), replaced whole."""
         self._write([("INSERT OR REPLACE INTO notes (key, value) VALUES (?, ?)",
-                      (key, json.dumps(value, sort_keys=True)))], "save a note")
+                      (_note_key(key), json.dumps(value, sort_keys=True)))], "save a note")
 
     def note(self, key: str, default: Any = None) -> Any:
-        rows = self._execute("SELECT value FROM notes WHERE key=?", (key,))
+        rows = self._execute("SELECT value FROM notes WHERE key=?", (_note_key(key),))
         return default if not rows else json.loads(rows[0]["value"])
+
+
+#: The experiment-level facts a store keeps: what the refinement (or S3PET run) was, and what it found.
+NOTES = ("experiment", "final_design", "s3pet_experiment")
+
+
+def _note_key(key: str) -> str:
+    if key not in NOTES:
+        from .errors import invalid
+
+        raise invalid("store note", key, NOTES)
+    return key

@@ -18,7 +18,7 @@ from .regime import Regime
 from .space import Design
 
 EVAL_SPLITS = ("dev", "select")
-KINDS = ("train", "search")
+KINDS = ("train", "search", "full")
 
 
 class Status(str, Enum):
@@ -59,13 +59,15 @@ class TrialSpec:
     n_select: int = 0  # examples in the selection split, carved from train before the training subset
     options: dict = field(default_factory=dict)  # plan options (roles, lora_scale, ...)
     role_map: dict | None = None
-    kind: str = "train"  # 'search': an S3PET search, whose result is a structure
+    kind: str = "train"  # 'search': an S3PET search (its result is a structure); 'full': full fine-tuning
     search: dict | None = None  # the search's settings (kind 'search')
     label: str = ""  # for people (a method name); not identity
 
     def __post_init__(self):
         if (self.design is None) == (self.plan is None) and self.kind == "train":
             raise invalid("spec.design", self.design, "a Design, or a plan, not both")
+        if self.kind == "full" and (self.design is not None or self.plan is not None):
+            raise invalid("spec.design", self.design, "none for full fine-tuning (every weight trains)")
         if self.design is not None and not isinstance(self.design, Design):
             raise invalid("spec.design", type(self.design).__name__, "a Design")
         if not isinstance(self.regime, Regime):
@@ -114,7 +116,7 @@ class TrialSpec:
     def learning_rates(self) -> dict[str, float]:
         """The rate of every strategy this trial trains (and the head): defaults can change between
         versions, and a different rate is a different trial."""
-        names = set()
+        names = {"backbone"} if self.kind == "full" else set()
         if self.design is not None:
             names = {s for g in self.design.tuned_groups for s in self.design.strategies[g - 1]}
         elif self.plan is not None:
@@ -123,6 +125,8 @@ class TrialSpec:
 
     @property
     def design_id(self) -> str:
+        if self.kind == "full":
+            return "full"
         if self.design is not None:
             return self.design.id
         return "plan-" + hashlib.sha1(json.dumps(_plan_identity(self.plan), sort_keys=True).encode()).hexdigest()[:8]

@@ -25,8 +25,8 @@ from designspace.backbones import load_backbone
 from designspace.data import tokenise
 from designspace.io import load_trained, read_meta
 from designspace.metrics import compute_metrics
-from designspace.tasks import get_task
 from designspace.regime import Regime
+from designspace.tasks import get_task
 from designspace.train import evaluate_model
 
 OUT = Path(__file__).resolve().parent.parent / "results" / "apply"

@@ -15,8 +15,8 @@ import torch
 
 from designspace import PRESETS, compile_plan
 from designspace.backbones import load_backbone
-from designspace.tasks import get_task
 from designspace.regime import Regime
+from designspace.tasks import get_task
 from designspace.train import train_design
 
 HERE = Path(__file__).resolve().parent.parent / "results" / "train"

@@ -34,7 +34,8 @@ from designspace.s3pet.structure import (
     structure_plan,
     top_fill,
 )
-from designspace.s3pet.summary import jaccard, mean_entropy, mean_pairwise_jaccard, paired_difference, verdict
+from designspace.compare import paired_difference, verdict
+from designspace.s3pet.summary import jaccard, mean_entropy, mean_pairwise_jaccard
 from designspace.store import TrialStore
 from designspace.train import train_design
 from designspace.trial import Status, TrialSpec

@@ -96,7 +96,9 @@ def test_stage_states_and_notes(store):
     assert store.stage("1-grouping") == {"rounds": [1, 2]}
     assert [s["name"] for s in store.stages()] == ["1-grouping", "2-allocation"]
     store.set_note("experiment", {"budget": 0.005})
-    assert store.note("experiment") == {"budget": 0.005} and store.note("nothing", 3) == 3
+    assert store.note("experiment") == {"budget": 0.005} and store.note("final_design", 3) == 3
+    with pytest.raises(DesignSpaceError, match="store note='decision:1-grouping' is invalid"):
+        store.note("decision:1-grouping")  # the f-string keys of before are gone
 
 
 def _assert_refused_untouched(path, match):

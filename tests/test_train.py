@@ -116,3 +116,20 @@ def test_the_selection_split_is_carved_from_train_and_never_trained_on(minilm, p
     assert r.ok and r.n_eval == 300 and len(r.predictions) == 300
     labels = [e.label for e in select]
     assert abs(r.score - sum(p == y for p, y in zip(r.predictions, labels, strict=True)) / 300) < 1e-9
+
+
+def test_full_fine_tuning_trains_every_weight_of_a_copy(tiny_bert_dir, glue_root):
+    """The reference of the final comparison: every backbone weight trains, the cached backbone does not."""
+    from designspace.backbones import load_backbone
+    from designspace.full import run_full
+    from designspace.trial import TrialSpec
+
+    bb = load_backbone(tiny_bert_dir, device="cpu")
+    before = [p.detach().clone() for p in bb.model.parameters()]
+    spec = TrialSpec(task="sst2", kind="full", regime=Regime(n_train=32, n_dev=32, max_length=32, threads=1),
+                     backbone=tiny_bert_dir)
+    r = run_full(spec, bb)
+    assert r.ok, r.error
+    assert r.trainable_params == bb.n_params and r.spec.design_id == "full" and "backbone" in spec.learning_rates()
+    assert all(torch.equal(a, b) for a, b in zip(before, bb.model.parameters(), strict=True))
+    assert not any(p.requires_grad for p in bb.model.parameters())

@@ -13,7 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
-from .summary import mean_pairwise_jaccard, mean_sd, paired_difference, top_k, verdict
+from ..compare import mean_sd, paired_difference, verdict
+from .summary import mean_pairwise_jaccard, top_k
 
 TOP_K = 10
 
