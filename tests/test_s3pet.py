@@ -13,6 +13,7 @@ import torch
 from tiny import tiny_backbone, tiny_batch
 
 from designspace.attach import module_keys
+from designspace.compare import paired_difference, verdict
 from designspace.errors import DesignSpaceError
 from designspace.model import PETModel
 from designspace.plan import Plan
@@ -34,7 +35,6 @@ from designspace.s3pet.structure import (
     structure_plan,
     top_fill,
 )
-from designspace.compare import paired_difference, verdict
 from designspace.s3pet.summary import jaccard, mean_entropy, mean_pairwise_jaccard
 from designspace.store import TrialStore
 from designspace.train import train_design
