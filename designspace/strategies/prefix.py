@@ -32,6 +32,19 @@ class Prefix(Strategy):
     def needed_roles(self, roles):
         return ("attn", "attn_k")
 
+    def check_roles(self, layer, roles, where: str) -> None:
+        """Prefixes enter through transformers' attention interface: an attention module that computes
+        attention itself (MPNet's, in transformers 5) cannot take them. Said at compile time, in one line."""
+        super().check_roles(layer, roles, where)
+        attn = layer.roles["attn"].module
+        if getattr(getattr(attn, "config", None), "_attn_implementation", None) is None:
+            from ..errors import DesignSpaceError
+
+            raise DesignSpaceError(
+                f"{where}: prefix tuning needs an attention module that calls transformers' attention interface; "
+                f"{type(attn).__name__} computes attention itself; use a design without prefix on this backbone"
+            )
+
     def unit_cost(self, layer, roles) -> int:
         return 2 * layer.dim("attn_k")
 
