@@ -43,8 +43,8 @@ OTHER_RUNS = [
 HEADER = """# S3PET (S3Delta) structure search on MiniLM-L6: searched vs random vs budget-matched manual structures
 
 Issue 14. Written by `python experiments/run_s3pet.py` from the trial stores; the reading of the
-tables at the end (Notes) is results/s3pet/NOTES.md. The issue-7 results this replaces are in results/s3pet/sst2,
-rte_mrpc, mrpc (runs.csv, summary.csv) and NOTES.md.
+tables at the end (Notes) is results/s3pet/NOTES.md. The issue-7 results this replaces (a regime with no
+headroom, searched = random everywhere) are in the git history before this README.
 
 ## How to run
 
@@ -55,7 +55,8 @@ Cost on this 2-core CPU (one retraining of SST-2 ~27 CPU-s, of STS-B for 3 epoch
 search ~4.9 retrainings of SST-2, smoke run below): `s3pet_sst2.yaml` 20 searches + 120 retrainings
 ~1.6 CPU-hours; `s3pet_stsb.yaml` 10 searches + 70 retrainings ~3.4 CPU-hours; together ~2.5 hours
 on two idle cores, about twice that while other jobs share them. The 5-seed tables below the CPU
-sections are the same two files run on one H100 (to be replaced by the CPU runs as they finish).
+sections are the same two files run on one H100: the results of record so far (the CPU runs were not
+started in the session that built this; when they run, they land in the CPU sections).
 
 Invocations so far (results/s3pet/invocations.jsonl):
 """
