@@ -30,8 +30,65 @@ DECISIONS = ("greedy", "joint")
 HOW_FIELDS = ("name", "pack", "backend", "n_jobs", "threads", "address", "retries", "output", "source", "decision")
 
 
+def check_tasks(tasks, source: str | None) -> tuple[str, ...]:
+    """The tasks' canonical names, once each; an unknown or missing task is one line naming the file."""
+    from .tasks import get_task
+
+    if not tasks:
+        raise invalid("tasks", [], "at least one GLUE task", source)
+    try:
+        return tuple(dict.fromkeys(get_task(t).name for t in tasks))
+    except DesignSpaceError as e:
+        raise with_source(e, source) from None
+
+
+def load_role_map(value, source: str | None) -> dict:
+    """A role map given in a file: a path (relative to the file) or inline, checked, as a dict."""
+    from .backbones.roles import RoleMap
+
+    if isinstance(value, str):
+        path = Path(value)
+        if source and not path.is_absolute():
+            path = Path(source).parent / path
+        return RoleMap.load(path).to_dict()
+    return RoleMap.from_dict(value, source).to_dict()
+
+
+class Runnable:
+    """What every experiment file shares (refinement and S3PET): where results go, how the engine is set."""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output or f"results/{self.name}")
+
+    @property
+    def store_path(self) -> Path:
+        return self.out_dir / "trials.sqlite"
+
+    def check_engine(self, source: str | None) -> None:
+        check_choice(self.backend, "backend", BACKENDS, source)
+        check_int(self.n_jobs, "n_jobs", 1, none=True, source=source)
+        check_int(self.threads, "threads", 1, none=True, source=source)
+        check_int(self.retries, "retries", 0, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides):
+        """The file at ``path``; ``overrides`` that are not None replace its fields (command-line options)."""
+        exp = cls.from_dict(load_yaml(path), source=str(path))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return replace(exp, **overrides) if overrides else exp
+
+    def plain(self, lists: tuple[str, ...]) -> dict:
+        """Every field but ``source`` as plain JSON: tuples in ``lists`` as lists, the regime as a dict."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        d["regime"] = self.regime.to_dict()
+        for k in lists:
+            d[k] = list(d[k])
+        return d
+
+
 @dataclass(frozen=True)
-class Experiment:
+class Experiment(Runnable):
     """Everything a refinement needs.
 
     Paired stages: each round of a stage trains every remaining choice of its component on ``blocks``
@@ -84,14 +141,7 @@ class Experiment:
                 raise invalid("stages", s, self.space.components(), src)
         object.__setattr__(self, "budget", check_budget(self.budget, source=src))
         object.__setattr__(self, "options", check_options(self.options, src))
-        if not self.tasks:
-            raise invalid("tasks", [], "at least one GLUE task", src)
-        from .tasks import get_task
-
-        try:
-            object.__setattr__(self, "tasks", tuple(dict.fromkeys(get_task(t).name for t in self.tasks)))
-        except DesignSpaceError as e:
-            raise with_source(e, src) from None
+        object.__setattr__(self, "tasks", check_tasks(self.tasks, src))
         if not (self.blocks == "auto" or isinstance(self.blocks, int) and not isinstance(self.blocks, bool)
                 and self.blocks >= 2):
             raise invalid("blocks", self.blocks, "an integer >= 2 or 'auto'", src)
@@ -105,31 +155,14 @@ class Experiment:
         check_choice(self.decision, "decision", DECISIONS, src)
         check_int(self.seed, "seed", 0, source=src)
         check_int(self.data_seed, "data_seed", 0, source=src)
-        check_choice(self.backend, "backend", BACKENDS, src)
-        check_int(self.n_jobs, "n_jobs", 1, none=True, source=src)
-        check_int(self.threads, "threads", 1, none=True, source=src)
-        check_int(self.retries, "retries", 0, source=src)
+        self.check_engine(src)
         check_int(self.pack, "pack", 1, 64, source=src)
         if self.scorer is not None:
             check_keys(self.scorer, ("synthetic",), "scorer.", src)
 
-    # --- where ---------------------------------------------------------------------------------
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.output or f"results/{self.name}")
-
-    @property
-    def store_path(self) -> Path:
-        return self.out_dir / "trials.sqlite"
-
     # --- identity ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
-        d["regime"] = self.regime.to_dict()
-        d["space"] = self.space.to_dict()
-        for k in ("tasks", "stages"):
-            d[k] = list(d[k])
-        return d
+        return {**self.plain(("tasks", "stages")), "space": self.space.to_dict()}
 
     def identity(self) -> dict:
         """What the results depend on: the store remembers it, and refuses a changed experiment."""
@@ -171,29 +204,14 @@ class Experiment:
             kw["space"] = DesignSpace.from_dict(dict(kw.get("space") or {}))
         except DesignSpaceError as e:
             raise with_source(e, source) from None
-        if isinstance(kw.get("role_map"), str):
-            from .backbones.roles import RoleMap
-
-            path = Path(kw["role_map"])
-            if source and not path.is_absolute():
-                path = Path(source).parent / path
-            kw["role_map"] = RoleMap.load(path).to_dict()
-        elif kw.get("role_map") is not None:
-            from .backbones.roles import RoleMap
-
-            kw["role_map"] = RoleMap.from_dict(kw["role_map"], source).to_dict()
+        if kw.get("role_map") is not None:
+            kw["role_map"] = load_role_map(kw["role_map"], source)
         if isinstance(kw.get("tasks"), str):
             kw["tasks"] = [kw["tasks"]]
         for k in ("tasks", "stages"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw, source=source)
-
-    @classmethod
-    def load(cls, path: str | Path, **overrides) -> Experiment:
-        exp = cls.from_dict(load_yaml(path), source=str(path))
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        return replace(exp, **overrides) if overrides else exp
 
     # --- checks before any work ---------------------------------------------------------------
     def check_data(self) -> None:

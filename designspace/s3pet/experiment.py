@@ -21,12 +21,11 @@ import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DesignSpaceError, check_choice, check_float, check_int, check_keys, invalid, with_source
-from ..files import load_yaml
-from ..pool.engines import BACKENDS
+from ..experiment import Runnable, check_tasks, load_role_map
 from ..regime import Regime
 from ..trial import Status, TrialSpec
 from .config import SearchConfig
@@ -82,7 +81,7 @@ def resolve_budget(entry: dict, n_params: int, pool: int) -> Budget:
 
 
 @dataclass(frozen=True)
-class SearchExperiment:
+class SearchExperiment(Runnable):
     """Everything an S3PET comparison needs (see the module docstring)."""
 
     name: str
@@ -106,14 +105,7 @@ class SearchExperiment:
 
     def __post_init__(self):
         src = self.source
-        from ..tasks import get_task
-
-        if not self.tasks:
-            raise invalid("tasks", [], "at least one GLUE task", src)
-        try:
-            object.__setattr__(self, "tasks", tuple(dict.fromkeys(get_task(t).name for t in self.tasks)))
-        except DesignSpaceError as e:
-            raise with_source(e, src) from None
+        object.__setattr__(self, "tasks", check_tasks(self.tasks, src))
         if not self.budgets:
             raise invalid("budgets", [], "at least one budget", src)
         object.__setattr__(self, "budgets", tuple(check_budget_entry(b, src) for b in self.budgets))
@@ -128,26 +120,10 @@ class SearchExperiment:
             check_choice(a, "anchors", ANCHORS, src)
         object.__setattr__(self, "baselines", tuple(self.baselines))
         object.__setattr__(self, "anchors", tuple(self.anchors))
-        check_choice(self.backend, "backend", BACKENDS, src)
-        check_int(self.n_jobs, "n_jobs", 1, none=True, source=src)
-        check_int(self.threads, "threads", 1, none=True, source=src)
-        check_int(self.retries, "retries", 0, source=src)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.output or f"results/{self.name}")
-
-    @property
-    def store_path(self) -> Path:
-        return self.out_dir / "trials.sqlite"
+        self.check_engine(src)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
-        d["regime"] = self.regime.to_dict()
-        d["search"] = self.search.to_dict()
-        for k in ("tasks", "budgets", "seeds", "baselines", "anchors"):
-            d[k] = list(d[k])
-        return d
+        return {**self.plain(("tasks", "budgets", "seeds", "baselines", "anchors")), "search": self.search.to_dict()}
 
     def identity(self) -> dict:
         return {k: v for k, v in self.to_dict().items() if k not in HOW_FIELDS}
@@ -163,24 +139,11 @@ class SearchExperiment:
         except DesignSpaceError as e:
             raise with_source(e, source) from None
         if kw.get("role_map") is not None:
-            from ..backbones.roles import RoleMap
-
-            if isinstance(kw["role_map"], str):
-                path = Path(kw["role_map"])
-                path = path if path.is_absolute() or not source else Path(source).parent / path
-                kw["role_map"] = RoleMap.load(path).to_dict()
-            else:
-                kw["role_map"] = RoleMap.from_dict(kw["role_map"], source).to_dict()
+            kw["role_map"] = load_role_map(kw["role_map"], source)
         for k in ("tasks", "budgets", "seeds", "baselines", "anchors"):
             if k in kw:
                 kw[k] = tuple([kw[k]] if isinstance(kw[k], (str, int, float, dict)) else kw[k])
         return cls(**kw, source=source)
-
-    @classmethod
-    def load(cls, path: str | Path, **overrides) -> SearchExperiment:
-        exp = cls.from_dict(load_yaml(path), source=str(path))
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        return replace(exp, **overrides) if overrides else exp
 
 
 class SearchRunner:

@@ -24,7 +24,7 @@ from ..model import PETModel
 from ..plan import ModuleSpec, Plan
 from ..regime import Regime
 from ..tasks import TaskSpec, get_task
-from ..train import design_groups, loss_function, pad_token_id, task_loss, to_device
+from ..train import design_groups, loss_function, pad_token_id, task_loss, to_device, update
 from .config import SearchConfig
 from .gates import Gates
 from .structure import candidate_specs, candidates_plan, heatmap_data, structure_plan, top_fill
@@ -199,12 +199,7 @@ def _optimise(backbone, spec, cands, gates, config, regime, seed, data_seed, dat
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"search diverged: weight loss {value}")
-        opt_w.zero_grad(set_to_none=True)
-        loss.backward()
-        if regime.grad_clip:
-            nn.utils.clip_grad_norm_(weights, regime.grad_clip)
-        opt_w.step()
-        sched_w.step()
+        update(loss, opt_w, sched_w, weights, regime.grad_clip)
         return value
 
     every = max(1, len(w_batches) // 100)
