@@ -93,7 +93,8 @@ class Experiment(Runnable):
 
     Paired stages: each round of a stage trains every remaining choice of its component on ``blocks``
     base designs (``auto``: as many as the measured paired noise needs for an interval half-width of
-    ``resolution`` points), each design with ``seeds_per_design`` seeds averaged. A stage stops when one
+    ``resolution`` points; a ``pilot`` round first, until some stage has measured it), each design with
+    ``seeds_per_design`` seeds averaged. A stage stops when one
     choice is left, when the survivors are within ``margin`` points of each other (a tie), or after
     ``max_rounds`` rounds. ``alpha`` is the chance, over the whole stage, of any wrong "worse than the
     best" claim. Decisions read a ``selection`` split carved from the training file; GLUE dev is only
@@ -113,6 +114,7 @@ class Experiment(Runnable):
     space: DesignSpace = field(default_factory=DesignSpace)
     stages: tuple[str, ...] = ()
     blocks: int | str = 4
+    pilot: int = 4  # blocks of the first auto round, before any paired noise is measured
     resolution: float = 1.0
     max_rounds: int = 3
     max_blocks: int = 32
@@ -147,6 +149,7 @@ class Experiment(Runnable):
             raise invalid("blocks", self.blocks, "an integer >= 2 or 'auto'", src)
         check_int(self.selection, "selection", 0, source=src)
         check_float(self.resolution, "resolution", 0.0, open_low=True, source=src)
+        check_int(self.pilot, "pilot", 2, source=src)
         check_int(self.max_rounds, "max_rounds", 1, 20, source=src)
         check_int(self.max_blocks, "max_blocks", 2, source=src)
         check_int(self.seeds_per_design, "seeds_per_design", 1, 10, source=src)

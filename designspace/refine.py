@@ -41,9 +41,6 @@ from .stage import (
 )
 from .store import TrialStore
 
-#: Paired noise (points) assumed before any stage measured it: the seed sd of one design measured on
-#: SST-2 (0.8) widened for the choice-by-base interaction. Only sizes the first auto round.
-PRIOR_PAIRED_SD = 1.2
 
 
 class Refiner:
@@ -111,8 +108,10 @@ class Refiner:
         """Add the next round of blocks to ``state``; False when the stage may draw no more."""
         e = self.exp
         have = sum(len(r.blocks) for r in state.rounds)
-        if e.blocks == "auto":
-            sd = verdict.resid_sd if verdict and verdict.resid_sd else self._prior_sd()
+        sd = verdict.resid_sd if verdict and verdict.resid_sd else self._measured_sd()
+        if e.blocks == "auto" and sd is None:
+            add, why = e.pilot, f"auto: a pilot of {e.pilot} blocks (no paired noise measured yet)"
+        elif e.blocks == "auto":
             need = blocks_needed(sd, e.resolution, len(alive), e.alpha, e.max_rounds, max_blocks=10 ** 6)
             add = max(2, need - have)
             why = f"auto: paired sd {sd:.2f} needs {need} blocks for a half-width of {e.resolution} points"
@@ -128,12 +127,13 @@ class Refiner:
         state.sizing.append(why + (f" (capped at max_blocks={e.max_blocks})" if have + add >= e.max_blocks else ""))
         return True
 
-    def _prior_sd(self) -> float:
+    def _measured_sd(self) -> float | None:
+        """The paired noise the last judged stage measured (None before any stage was judged)."""
         for s in reversed(self.store.stages()):
             v = s["state"].get("verdicts") or []
             if v and v[-1].get("resid_sd"):
                 return float(v[-1]["resid_sd"])
-        return PRIOR_PAIRED_SD
+        return None
 
     def _skip(self, state: StageState, space: DesignSpace, why: str) -> tuple[StageState, DesignSpace]:
         """A stage with nothing to compare: keep the first choice so design ids stay canonical."""

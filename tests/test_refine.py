@@ -247,7 +247,7 @@ def test_auto_sizes_rounds_from_the_measured_paired_noise(tmp_path):
     exp = synthetic(tmp_path, blocks="auto", resolution=0.8, max_blocks=40, stages=["grouping", "allocation"])
     run(exp)
     states = load_states(TrialStore(exp.store_path))
-    assert states[0].sizing[0].startswith("auto: paired sd 1.20")  # the prior, before anything is measured
+    assert states[0].sizing[0].startswith("auto: a pilot of 4 blocks")  # nothing measured yet
     measured = states[0].verdicts[-1]["resid_sd"]
     assert states[1].sizing[0].startswith(f"auto: paired sd {measured:.2f}")  # the next stage uses it
     assert sum(len(r.blocks) for r in states[0].rounds) <= 40
