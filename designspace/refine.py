@@ -42,7 +42,6 @@ from .stage import (
 from .store import TrialStore
 
 
-
 class Refiner:
     """Runs (or resumes) the stages of an :class:`Experiment`; constructors store, ``run`` acts."""
 
