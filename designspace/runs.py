@@ -3,7 +3,6 @@ and where, and export the store as CSV next to the report."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from .compare import mean_sd
 from .pool import evaluate
-from .store import TrialStore
+from .store import TrialStore, describe_sessions
 from .trial import TrialRecord, TrialSpec
 
 
@@ -24,7 +23,6 @@ class Run:
         self.title = title
         self.store = TrialStore(self.out / "trials.sqlite")
         self.command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
-        self.load_start = os.getloadavg()
         self.t0 = time.perf_counter()
 
     def evaluate(self, specs: list[TrialSpec], label: str, n_jobs: int | None = None) -> list[TrialRecord]:
@@ -36,14 +34,13 @@ class Run:
         cpu = sum(r.seconds_train + r.seconds_eval for r in records) / 3600
         times = [datetime.fromisoformat(t) for r in records for t in (r.started_at, r.ended_at) if t]
         span = (max(times) - min(times)).total_seconds() / 3600 if times else 0.0
-        load = os.getloadavg()
         return [
             f"# {self.title}", "",
             f"Command: `{self.command}` (resumable: the store is `{self.store.path}`; `{self.out}/trials.csv` is its "
             "export). Every number below is read from the store.", "",
             f"Cost: {len(records)} trials, {cpu:.2f} CPU-hours of training and scoring; {span:.2f} hours from the first "
-            f"trial's start to the last one's end. Load average at this command's start {self.load_start[0]:.2f}, at "
-            f"its end {load[0]:.2f} (2 cores); devices: {', '.join(sorted({r.device for r in records if r.device}))}.",
+            f"trial's start to the last one's end; {describe_sessions(self.store.note('sessions', []), len(records))}; devices: "
+            f"{', '.join(sorted({r.device for r in records if r.device}))}.",
             "",
         ]
 

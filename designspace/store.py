@@ -376,9 +376,28 @@ class TrialStore:
         rows = self._execute("SELECT value FROM notes WHERE key=?", (_note_key(key),))
         return default if not rows else json.loads(rows[0]["value"])
 
+    def log_session(self, session: dict) -> None:
+        """Add or update (same ``id``) one training session: who trained, when, on what load."""
+        sessions = [s for s in self.note("sessions", []) if s.get("id") != session["id"]]
+        self.set_note("sessions", sorted([*sessions, session], key=lambda s: s["started"]))
+
+
+def describe_sessions(sessions: list[dict], n_trials: int) -> str:
+    """One sentence on the machine load while a store's ``n_trials`` trials trained (from
+    ``TrialStore.log_session``), naming how many trained before sessions were logged."""
+    trained = sum(s.get("trained", 0) for s in sessions)
+    unlogged = (f"the machine load of {n_trials - trained} trial(s) trained before sessions were logged is not "
+                "recorded" if n_trials > trained else "")
+    if not sessions:
+        return unlogged or "no trials trained"
+    loads = [s[k][0] for s in sessions for k in ("load_start", "load_end") if s.get(k)]
+    hosts = sorted({f"{s['host']} ({s['cores']} cores)" for s in sessions})
+    return (f"{trained} trial(s) trained in {len(sessions)} logged session(s) on {', '.join(hosts)}, 1-minute load "
+            f"average {min(loads):.2f} to {max(loads):.2f} at their starts and ends" + (f"; {unlogged}" if unlogged else ""))
+
 
 #: The experiment-level facts a store keeps: what the refinement (or S3PET run) was, and what it found.
-NOTES = ("experiment", "final_design", "s3pet_experiment")
+NOTES = ("experiment", "final_design", "s3pet_experiment", "sessions")
 
 
 def _note_key(key: str) -> str:

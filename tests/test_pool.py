@@ -296,3 +296,22 @@ def test_cluster_engines_give_the_same_metrics_as_loky(engine, tmp_path, loky_re
     for got, want in zip(records, reference, strict=True):
         assert {k: getattr(got, k) for k in COMPARED} == {k: getattr(want, k) for k in COMPARED}
         assert pid(got) != os.getpid()
+
+
+def test_each_training_session_logs_host_and_load(tmp_path):
+    """Results files quote the machine load while their trials trained, not at whatever later run wrote them."""
+    from designspace.store import describe_sessions
+
+    store = TrialStore(tmp_path / "t.sqlite")
+    assert describe_sessions(store.note("sessions", []), 3).startswith("the machine load of 3 trial(s) trained before")
+    evaluate(synthetic_specs(), store, backend="sequential", progress=False, scorer=SyntheticScorer())
+    (session,) = store.note("sessions")
+    assert session["trained"] == 6 and session["todo"] == 6 and len(session["load_end"]) == 3
+    assert session["cores"] == os.cpu_count() and session["ended"] >= session["started"]
+    evaluate(synthetic_specs(), store, backend="sequential", progress=False, scorer=SyntheticScorer())
+    assert len(store.note("sessions")) == 1  # a rerun that trains nothing is not a session
+    evaluate(synthetic_specs(8), store, backend="sequential", progress=False, scorer=SyntheticScorer())
+    assert [s["trained"] for s in store.note("sessions")] == [6, 2]
+    assert describe_sessions(store.note("sessions"), 8).startswith("8 trial(s) trained in 2 logged session(s)")
+    assert describe_sessions(store.note("sessions"), 11).endswith("load of 3 trial(s) trained before sessions were "
+                                                                   "logged is not recorded")

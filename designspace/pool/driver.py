@@ -15,10 +15,12 @@ import signal
 import socket
 import sys
 import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
-from ..errors import invalid
+from ..errors import DesignSpaceError, invalid
 from ..pack import available_memory_mb, group_packs
 from ..store import TrialStore
 from ..trial import Status, TrialRecord, TrialSpec, lost
@@ -177,13 +179,35 @@ def evaluate(
         if backend != "sequential" and address is None:  # workers on this host share its memory
             n_jobs = packs_that_fit(units, n_jobs, scorer)
         bar = Progress(len(todo), label, progress)
+        session = _session_start(label, todo, backend, n_jobs, threads)
+        store.log_session(session)
         try:
             with _sigterm_as_interrupt(), engine(backend, n_jobs, threads, address) as eng:
                 _drive(units, store, eng, threads, 1 + retries, bar, scorer)
         finally:
             bar.close()
+            _session_end(session, store, todo)
     found = {r.key: r for r in store.records([s.key for s in unique])}
     return [found[s.key] for s in specs if s.key in found]
+
+
+def _session_start(label: str, todo: list[TrialSpec], backend: str, n_jobs: int, threads: int) -> dict:
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"id": uuid.uuid4().hex, "label": label, "host": socket.gethostname(),
+            "cores": os.cpu_count(), "started": started, "load_start": [round(x, 2) for x in os.getloadavg()],
+            "todo": len(todo), "backend": backend, "n_jobs": n_jobs, "threads": threads}
+
+
+def _session_end(session: dict, store: TrialStore, todo: list[TrialSpec]) -> None:
+    """Close the session's entry; a store that can no longer be written keeps its start entry."""
+    session.update(ended=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   load_end=[round(x, 2) for x in os.getloadavg()])
+    try:
+        statuses = store.statuses()
+        session["trained"] = sum(s.key in statuses and statuses[s.key].final for s in todo)
+        store.log_session(session)
+    except DesignSpaceError:
+        pass
 
 
 def packs_that_fit(units: list[tuple], n_jobs: int, scorer, available_mb: float | None = None) -> int:
