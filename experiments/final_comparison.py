@@ -53,27 +53,32 @@ def table(records, methods: list[str], tasks) -> list[str]:
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(cell(by.get((m, t), {}).values()) for t in tasks)
                      + f" | {cell(avg[m].values())} |")
-    ref = "discovered"
-    if avg.get(ref):
-        lines += ["", "Paired difference of the discovered design against each method (points; mean over seeds, "
-                      "95 % t interval over the per-seed differences; a seed shares data order and head start):", "",
-                  "| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
-        for m in methods:
-            if m == ref:
-                continue
-            cells = []
-            for t in tasks:
-                d = paired_difference(by.get((ref, t), {}), by.get((m, t), {}))
-                cells.append(_diff(d))
-            cells.append(_diff(paired_difference(avg[ref], avg[m])))
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if avg.get("discovered"):
+        lines += paired(by, avg, "discovered", [m for m in methods if m != "discovered"], tasks,
+                        "the discovered design against each method")
+    singles = [m for m in ("all-lora", "all-adapter", "all-prefix", "all-bitfit") if m in methods]
+    if avg.get("s4") and singles:
+        lines += paired(by, avg, "s4", singles, tasks,
+                        "the paper's S4 against each single strategy at the same budget (its claim)")
     return lines
 
 
-def _diff(d) -> str:
+def paired(by: dict, avg: dict, ref: str, others: list[str], tasks, what: str) -> list[str]:
+    lines = ["", f"Paired difference of {what} (points; mean over seeds, 95 % t interval over the per-seed "
+                 "differences, each interval for its own comparison, not corrected for the table's "
+                 f"{len(others) * (len(tasks) + 1)}; a seed shares data order and head start):", "",
+             "| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    for m in others:
+        cells = [_diff(paired_difference(by.get((ref, t), {}), by.get((m, t), {})), ref) for t in tasks]
+        cells.append(_diff(paired_difference(avg[ref], avg[m]), ref))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _diff(d, ref: str) -> str:
     if d is None or d["ci"] is None:
         return "-"
-    return f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] ({verdict(d, 'discovered')})"
+    return f"{d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] ({verdict(d, ref)})"
 
 
 def main(argv=None) -> None:
