@@ -105,6 +105,14 @@ def _fit(y: np.ndarray, obs: np.ndarray):
     return tau, cov, np.clip(ss, 0.0, None), df, n_blocks, est, balanced
 
 
+def paired_sd(table) -> tuple[float | None, int]:
+    """The residual sd of the two-way model (block + choice) on one table's observed cells, and its df
+    (None where no df is left): the paired noise that decides how many blocks a stage needs."""
+    y = np.asarray(table, dtype=float)[None]
+    _, _, ss, df, *_ = _fit(y, np.isfinite(y))
+    return (float(np.sqrt(ss[0] / df[0])) if df[0] > 0 else None), int(max(df[0], 0))
+
+
 def look_batch(tables: np.ndarray, active: np.ndarray, *, level: float, delta: float = 0.0,
                method: str = "strict", n_mc: int = N_MC, seed: int = 0) -> Look:
     """Analyse n tables (n, B, k) at once, the ``active`` (n, k) choices only, at one look.

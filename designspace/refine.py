@@ -118,7 +118,7 @@ class Refiner:
             add, why = int(e.blocks), f"{e.blocks} blocks per round"
         add = min(add, e.max_blocks - have)
         if add < 2:
-            state.note = f"stopped at max_blocks={e.max_blocks}; " + state.note
+            state.note = "; ".join(x for x in (f"stopped at max_blocks={e.max_blocks}", state.note) if x)
             return False
         bases = base_space(state.component, space)
         blocks = draw_blocks(bases, state.component, add, e.seed, state.index, len(state.rounds), have)

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from .decision import paired_sd
+from .errors import DesignSpaceError
 from .experiment import Experiment
-from .stage import StageState, round_specs, stage_name
+from .stage import StageState, round_specs, stage_name, stage_table
 from .store import TrialStore, describe_sessions
 from .trial import Status, TrialSpec
 
@@ -116,7 +118,7 @@ def _stage_section(state: StageState, store: TrialStore, e: Experiment, figures:
         return out + ["", "_No round judged yet._", ""]
     out += ["", f"**{v.meaning}**", "", v.best_meaning, "",
             f"Paired noise (residual sd of the two-way model): {_fmt(v.resid_sd, sign=False)} points, "
-            f"{v.df} degrees of freedom; critical value {v.critical_source}.", "",
+            f"{v.df} degrees of freedom; critical value {v.critical_source}.", "", *_noise_by_task(state, store, e),
             "| choice | trials | mean | effect | interval vs best of others | shown worse at round |",
             "|---|---:|---:|---:|---|---:|"]
     for c in sorted(v.choices, key=lambda c: -(c.effect if c.effect is not None else -1e9)):
@@ -138,6 +140,24 @@ def _stage_section(state: StageState, store: TrialStore, e: Experiment, figures:
         out += ["", f"_{state.note}_"]
     out += [f"\n![{state.name}]({f})" for f in figures]
     return out + [""]
+
+
+def _noise_by_task(state: StageState, store: TrialStore, e: Experiment) -> list[str]:
+    """Where a stage averages several tasks, each task's own paired noise: a task whose scores swing
+    between designs and seeds far more than the others' dominates the average (and the blocks needed)."""
+    if len(e.tasks) < 2:
+        return []
+    make = spec_maker(e, store)
+    records = {r.key: r for r in store.records(stage_keys(e, store, state))}
+    parts = []
+    for task in e.tasks:
+        try:
+            table, _ = stage_table(state, len(state.rounds) - 1, records, make, [task], e.seeds_per_design)
+        except DesignSpaceError:
+            return []  # a round still running: no per-task view yet
+        sd, df = paired_sd(table)
+        parts.append(f"{task} {_fmt(sd, sign=False)} ({df} df)")
+    return [f"Paired noise of each task alone (same model, points): {'; '.join(parts)}.", ""]
 
 
 def render(experiment: Experiment, store: TrialStore, figures: dict[str, list[str]] | None = None) -> str:
@@ -185,8 +205,10 @@ def _joint_section(store: TrialStore, states: list[StageState], e: Experiment) -
 
 
 def write_report(experiment: Experiment, figures: dict[str, list[str]] | None = None) -> Path:
+    """report.md, and trials.csv beside it: every trial of the store, one row each (spec, outcome, metrics)."""
     with TrialStore(experiment.store_path, create=False, readonly=True) as store:
         text = render(experiment, store, figures)
+        store.to_dataframe().to_csv(experiment.out_dir / "trials.csv", index=False)
     path = experiment.out_dir / "report.md"
     path.write_text(text)
     return path

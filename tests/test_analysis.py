@@ -284,6 +284,10 @@ def test_plot_results_writes_every_figure_and_links_it_from_the_report(folder):
     assert report.index("(figures/blocks_1-grouping.png)") < report.index("## Stage 2-allocation")
     assert report.index("## Discovered design") < report.index("![final](figures/layer_map.png)")
     assert report.index("## More figures") < report.index("(figures/score_vs_params.png)")
+    # Same results, same bytes: a replot leaves committed figures unchanged in git.
+    svgs = {p: p.read_bytes() for p in paths if p.suffix == ".svg"}
+    plot_results(folder, formats=("svg",))
+    assert all(p.read_bytes() == b for p, b in svgs.items())
 
 
 def test_plot_results_needs_results_and_draws_a_search_folder_alone(tmp_path):

@@ -290,3 +290,29 @@ def test_a_choice_whose_designs_all_fail_is_listed_and_the_rest_decide(tmp_path)
     report = render(exp, TrialStore(exp.store_path))
     assert "trial(s) failed, left out of the table; first error: RuntimeError: out of memory" in report
     assert "No trial finished ok for: increasing" in report
+
+
+def test_report_gives_each_tasks_paired_noise_where_tasks_are_averaged(tmp_path):
+    """A task that swings far more than another dominates the average: the report says which."""
+    exp = synthetic(tmp_path, tasks=["sst2", "stsb"], stages=["grouping"], blocks=6, max_rounds=1,
+                    scorer={"effects": TRUTH, "noise_sd": 0.5, "task_noise": {"stsb": 8.0}, "n_layers": 6})
+    run(exp)
+    line = next(x for x in render(exp, TrialStore(exp.store_path)).splitlines() if x.startswith("Paired noise of each"))
+    sd = {part.split()[0]: float(part.split()[1]) for part in line.split(": ", 1)[1].rstrip(".").split("; ")}
+    assert sd["sst2"] < 1.0 < 4.0 < sd["stsb"], line
+    one = synthetic(tmp_path, name="one", stages=["grouping"], blocks=6, max_rounds=1)
+    run(one)
+    assert "Paired noise of each" not in render(one, TrialStore(one.store_path))
+
+
+def test_report_exports_every_trial_as_csv(tmp_path):
+    import csv
+
+    from designspace.report import write_report
+
+    exp = synthetic(tmp_path, stages=["grouping"], blocks=4, max_rounds=1)
+    run(exp)
+    write_report(exp)
+    rows = list(csv.DictReader((exp.out_dir / "trials.csv").open()))
+    assert len(rows) == len(TrialStore(exp.store_path).records()) == 16
+    assert {"key", "design", "seed", "score", "status"} <= set(rows[0])

@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,7 +55,9 @@ def _save(fig: Figure, path_stem: str | Path, formats: Formats) -> list[Path]:
     out = []
     for fmt in formats:
         path = stem.parent / f"{stem.name}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # Same data, same bytes: no date in SVG metadata, element ids salted by the file's name.
+        with matplotlib.rc_context({"svg.hashsalt": stem.name}):
+            fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt in ("svg", "pdf") else None)
         out.append(path)
     return out
 

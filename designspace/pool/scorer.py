@@ -94,7 +94,8 @@ class SyntheticScorer:
 
     ``noise_sd`` is the seed-to-seed sd of one design; ``shared`` the part of it common to every design
     trained with the same seed and data (common random numbers, as a correlation); ``design_sd`` a fixed
-    per-design deviation (what the additive effects do not explain). Designs in ``crash`` kill their
+    per-design deviation (what the additive effects do not explain); ``task_noise`` a seed sd per task
+    in place of ``noise_sd`` (tasks whose scores swing more than others'). Designs in ``crash`` kill their
     worker, in ``fail`` raise, in ``diverge`` diverge: the pool's failure paths, without training.
     """
 
@@ -103,6 +104,7 @@ class SyntheticScorer:
     noise_sd: float = 0.8
     shared: float = 0.0
     design_sd: float = 0.0
+    task_noise: dict = field(default_factory=dict)
     crash: tuple[str, ...] = ()
     fail: tuple[str, ...] = ()
     diverge: tuple[str, ...] = ()
@@ -141,5 +143,6 @@ class SyntheticScorer:
         rho = min(max(self.shared, 0.0), 1.0)
         common = _unit_normal(self.salt, "seed", spec.seed, spec.data_seed, spec.task)
         own = _unit_normal(self.salt, "trial", spec.key)
-        points = self.truth(spec) + self.noise_sd * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own)
+        sd = self.task_noise.get(spec.task, self.noise_sd)
+        points = self.truth(spec) + sd * (math.sqrt(rho) * common + math.sqrt(1 - rho) * own)
         return TrialRecord(spec, Status.OK, score=points / 100.0, metrics={"synthetic": points / 100.0}, device="none")
