@@ -174,7 +174,7 @@ def render(experiment: Experiment, store: TrialStore, figures: dict[str, list[st
         f"Backbone `{e.backbone}`, tasks {', '.join(e.tasks)}, budget {e.budget:.3%} of the backbone's parameters.",
         f"Regime: {r.n_train} training examples, {r.epochs} epoch(s), batch {r.batch_size}, max length "
         f"{r.max_length}; regime id `{r.id}`. Decisions read {split}.",
-        f"Cost: {_cost(records)}; {describe_sessions(store.note('sessions', []), len(records))}.", "",
+        f"Cost: {_cost(records)}; {describe_sessions(store.note('sessions', []), [r.started_at for r in records])}.", "",
         "Score of a design in a block: the mean over tasks of each task's main metric, in points, averaged over "
         "its seeds. In a block every choice shares the base design, the seed and the data order (common random "
         "numbers): choices are compared by within-block differences (two-way model: block + choice).", "",

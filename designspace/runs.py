@@ -39,7 +39,7 @@ class Run:
             f"Command: `{self.command}` (resumable: the store is `{self.store.path}`; `{self.out}/trials.csv` is its "
             "export). Every number below is read from the store.", "",
             f"Cost: {len(records)} trials, {cpu:.2f} CPU-hours of training and scoring; {span:.2f} hours from the first "
-            f"trial's start to the last one's end; {describe_sessions(self.store.note('sessions', []), len(records))}; devices: "
+            f"trial's start to the last one's end; {describe_sessions(self.store.note('sessions', []), [r.started_at for r in records])}; devices: "
             f"{', '.join(sorted({r.device for r in records if r.device}))}.",
             "",
         ]

@@ -382,18 +382,26 @@ class TrialStore:
         self.set_note("sessions", sorted([*sessions, session], key=lambda s: s["started"]))
 
 
-def describe_sessions(sessions: list[dict], n_trials: int) -> str:
-    """One sentence on the machine load while a store's ``n_trials`` trials trained (from
-    ``TrialStore.log_session``), naming how many trained before sessions were logged."""
-    trained = sum(s.get("trained", 0) for s in sessions)
-    unlogged = (f"the machine load of {n_trials - trained} trial(s) trained before sessions were logged is not "
-                "recorded" if n_trials > trained else "")
+def describe_sessions(sessions: list[dict], starts: list[str]) -> str:
+    """One sentence on the machine load while trials trained (from ``TrialStore.log_session``);
+    ``starts``: the trials' start times. A trial belongs to the last session that began before it, so a
+    session killed before it logged its end still counts its trials."""
+    from datetime import datetime
+
+    begun = sorted(datetime.fromisoformat(x["started"]) for x in sessions)
+    times = [datetime.fromisoformat(t) for t in starts if t]
+    before = sum(not begun or t < begun[0] for t in times)
+    unlogged = (f"the machine load of {before} trial(s) trained before sessions were logged is not recorded"
+                if before else "")
     if not sessions:
         return unlogged or "no trials trained"
-    loads = [s[k][0] for s in sessions for k in ("load_start", "load_end") if s.get(k)]
-    hosts = sorted({f"{s['host']} ({s['cores']} cores)" for s in sessions})
-    return (f"{trained} trial(s) trained in {len(sessions)} logged session(s) on {', '.join(hosts)}, 1-minute load "
-            f"average {min(loads):.2f} to {max(loads):.2f} at their starts and ends" + (f"; {unlogged}" if unlogged else ""))
+    loads = [x[k][0] for x in sessions for k in ("load_start", "load_end") if x.get(k)]
+    hosts = sorted({f"{x['host']} ({x['cores']} cores)" for x in sessions})
+    cut = sum("ended" not in x for x in sessions)
+    return (f"{len(times) - before} trial(s) trained in {len(sessions)} logged session(s) on {', '.join(hosts)}, "
+            f"1-minute load average {min(loads):.2f} to {max(loads):.2f} at their starts and ends"
+            + (f" ({cut} session(s) stopped before logging their end)" if cut else "")
+            + (f"; {unlogged}" if unlogged else ""))
 
 
 #: The experiment-level facts a store keeps: what the refinement (or S3PET run) was, and what it found.

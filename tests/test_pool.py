@@ -303,7 +303,7 @@ def test_each_training_session_logs_host_and_load(tmp_path):
     from designspace.store import describe_sessions
 
     store = TrialStore(tmp_path / "t.sqlite")
-    assert describe_sessions(store.note("sessions", []), 3).startswith("the machine load of 3 trial(s) trained before")
+    assert describe_sessions([], ["2026-01-01T00:00:00+00:00"] * 3).startswith("the machine load of 3 trial(s)")
     evaluate(synthetic_specs(), store, backend="sequential", progress=False, scorer=SyntheticScorer())
     (session,) = store.note("sessions")
     assert session["trained"] == 6 and session["todo"] == 6 and len(session["load_end"]) == 3
@@ -312,6 +312,11 @@ def test_each_training_session_logs_host_and_load(tmp_path):
     assert len(store.note("sessions")) == 1  # a rerun that trains nothing is not a session
     evaluate(synthetic_specs(8), store, backend="sequential", progress=False, scorer=SyntheticScorer())
     assert [s["trained"] for s in store.note("sessions")] == [6, 2]
-    assert describe_sessions(store.note("sessions"), 8).startswith("8 trial(s) trained in 2 logged session(s)")
-    assert describe_sessions(store.note("sessions"), 11).endswith("load of 3 trial(s) trained before sessions were "
-                                                                   "logged is not recorded")
+    starts = [r.started_at for r in store.records()]
+    assert describe_sessions(store.note("sessions"), starts).startswith("8 trial(s) trained in 2 logged session(s)")
+    early = describe_sessions(store.note("sessions"), [*starts, "2000-01-01T00:00:00+00:00"])
+    assert early.endswith("load of 1 trial(s) trained before sessions were logged is not recorded")
+    # A session killed before logging its end still owns the trials that started after it began.
+    killed = [{k: v for k, v in x.items() if k not in ("ended", "load_end", "trained")} for x in store.note("sessions")]
+    text = describe_sessions(killed, starts)
+    assert text.startswith("8 trial(s) trained in 2") and "2 session(s) stopped before logging their end" in text

@@ -185,8 +185,10 @@ def evaluate(
             with _sigterm_as_interrupt(), engine(backend, n_jobs, threads, address) as eng:
                 _drive(units, store, eng, threads, 1 + retries, bar, scorer)
         finally:
-            bar.close()
-            _session_end(session, store, todo)
+            try:
+                _session_end(session, store, todo)  # first: closing the bar may fail on a closed pipe
+            finally:
+                bar.close()
     found = {r.key: r for r in store.records([s.key for s in unique])}
     return [found[s.key] for s in specs if s.key in found]
 
