@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .tasks import TaskSpec, get_task, load_task_dataset, subsample
@@ -47,8 +48,8 @@ def split_dataset(task: TaskSpec, split: str, data_dir=None, hub: bool = False, 
                 if split == "select":
                     _SPLITS[key] = chosen
                 else:
-                    taken = set(chosen["idx"])
-                    _SPLITS[key] = train.select([i for i, x in enumerate(train["idx"]) if x not in taken])
+                    ids = train.with_format("numpy")["idx"][:]  # one array: iterating the column reads rows
+                    _SPLITS[key] = train.select(np.flatnonzero(~np.isin(ids, chosen["idx"][:])).tolist())
     return _SPLITS[key]
 
 

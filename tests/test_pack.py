@@ -393,3 +393,42 @@ def test_on_cuda_the_training_steps_add_no_host_sync(glue_root):
         model.close()
     checks = len(batches) // CHECK_EVERY + 1
     assert pack <= own + checks + 2, f"{pack} syncs in {len(batches)} steps; the backbone alone makes {own}"
+
+
+def test_frozen_cache_bound_counts_what_a_cache_would_skip(minilm, glue_root):
+    """benchmarks/frozen_cache_bound.py: a trial whose examples another trial already ran below the
+    same cut skips those layers' forward; a second epoch skips them too; a cut of 0 skips nothing."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from frozen_cache_bound import replay
+    from shared_pass import layer_flops
+    from transformers import AutoTokenizer
+
+    from designspace.backbones.offline import resolve_backbone_path
+    from designspace.data import tokenise
+    from designspace.train import spec_plan
+    from designspace.trial import TrialRecord
+
+    tok = AutoTokenizer.from_pretrained(resolve_backbone_path("minilm-l6"))
+    upper = Design("uniform", "uniform", tuned_groups=(3, 4), strategies=(("lora",),) * 4)
+    one, two = Regime(n_train=32, n_dev=16), Regime(n_train=32, n_dev=16, epochs=2.0)
+    make = lambda i, **kw: TrialRecord(TrialSpec(task="sst2", **kw), Status.OK, 0.5,  # noqa: E731
+                                       started_at=f"2026-01-01T00:00:0{i}")
+    a = make(0, design=upper, regime=one)
+    cut = min(m.layer for m in spec_plan(a.spec, minilm).modules)
+    assert cut > 0
+    train = tokenise("sst2", "train", tok, 128, 32, 0)
+    dev = tokenise("sst2", "dev", tok, 128, 16, 0)
+    fwd = sum(layer_flops(minilm, len(e.input_ids), False) for e in train + dev)
+    fwd_train = sum(layer_flops(minilm, len(e.input_ids), False) for e in train)
+
+    alone = replay([a], minilm, tok)
+    assert alone["saved"] == 0 and alone["with_cut"] == 1
+    assert alone["bytes"] == sum(len(e.input_ids) for e in train + dev) * minilm.hidden_size * 4
+    again = replay([a, make(1, design=upper, regime=one, seed=1)], minilm, tok)
+    assert again["saved"] == pytest.approx(cut * fwd) and again["bytes"] == alone["bytes"]
+    assert replay([make(0, design=upper, regime=two)], minilm, tok)["saved"] == pytest.approx(cut * fwd_train)
+    full = replay([make(0, kind="full", regime=one), make(1, kind="full", regime=one)], minilm, tok)
+    assert full["saved"] == 0 and full["bytes"] == 0 and full["with_cut"] == 0

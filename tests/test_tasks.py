@@ -4,6 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
+from designspace.data import split_dataset
 from designspace.errors import DesignSpaceError
 from designspace.tasks import (
     TASKS,
@@ -179,3 +180,27 @@ def test_subsample_regression_all_and_errors(data_dir):
     plain = datasets.Dataset.from_dict({"label": [0, 1] * 10})
     out = subsample(plain, 4, seed=1, stratify=False)
     assert len(out) == 4 and "idx" in out.column_names
+
+
+def test_subsample_reads_each_datasets_own_labels():
+    """Labels are read once per dataset (a split with an indices mapping reads them slowly): a dataset
+    derived from another (other rows, other labels) must not be stratified on the first one's labels."""
+    base = datasets.Dataset.from_dict({"label": [0] * 60 + [1] * 40, "idx": list(range(100))})
+    a = subsample(base, 10, seed=0)
+    assert collections.Counter(a["label"]) == {0: 6, 1: 4}
+    flipped = base.map(lambda r: {"label": 1 - r["label"]})
+    assert collections.Counter(subsample(flipped, 10, seed=0)["label"]) == {1: 6, 0: 4}
+    tail = base.select(range(50, 100))  # an indices mapping, like the training split beside a selection
+    b = subsample(tail, 10, seed=2)
+    assert collections.Counter(b["label"]) == {1: 8, 0: 2}
+    assert list(b["idx"]) == list(subsample(tail.flatten_indices(), 10, seed=2)["idx"])
+    assert list(b["idx"]) == list(subsample(tail, 10, seed=2)["idx"])  # the second read: same sample
+
+
+def test_training_split_beside_a_selection_split(data_dir):
+    sel = split_dataset(get_task("mrpc"), "select", data_dir, n_select=300)
+    train = split_dataset(get_task("mrpc"), "train", data_dir, n_select=300)
+    full = load_task_dataset("mrpc", "train", data_dir)
+    assert len(sel) == 300 and len(train) == len(full) - 300
+    assert set(sel["idx"]).isdisjoint(train["idx"])
+    assert list(train["idx"]) == sorted(train["idx"])  # original order, every row not selected
