@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from .decision import paired_sd
 from .errors import DesignSpaceError
 from .experiment import Experiment
 from .stage import StageState, round_specs, stage_name, stage_table
-from .store import TrialStore, describe_sessions
+from .store import TrialStore, describe_sessions, describe_wall
 from .trial import Status, TrialSpec
 
 INTERVALS = (
@@ -96,10 +95,8 @@ def status(experiment: Experiment) -> str:
 
 def _cost(records) -> str:
     cpu = sum(r.seconds_train + r.seconds_eval for r in records) / 60
-    times = [datetime.fromisoformat(t) for r in records for t in (r.started_at, r.ended_at) if t]
-    wall = (max(times) - min(times)).total_seconds() / 60 if times else 0.0
     return (f"{len(records)} trials ({sum(r.ok for r in records)} ok), {cpu:.1f} CPU-minutes of training and "
-            f"scoring, {wall:.1f} minutes from the first trial's start to the last one's end")
+            f"scoring, {describe_wall(records, 'minutes')}")
 
 
 def _stage_section(state: StageState, store: TrialStore, e: Experiment, figures: list[str]) -> list[str]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 from .compare import mean_sd
 from .pool import evaluate
-from .store import TrialStore, describe_sessions
+from .store import TrialStore, describe_sessions, describe_wall
 from .trial import TrialRecord, TrialSpec
 
 
@@ -32,14 +31,12 @@ class Run:
 
     def header(self, records: list[TrialRecord]) -> list[str]:
         cpu = sum(r.seconds_train + r.seconds_eval for r in records) / 3600
-        times = [datetime.fromisoformat(t) for r in records for t in (r.started_at, r.ended_at) if t]
-        span = (max(times) - min(times)).total_seconds() / 3600 if times else 0.0
         return [
             f"# {self.title}", "",
-            f"Command: `{self.command}` (resumable: the store is `{self.store.path}`; `{self.out}/trials.csv` is its "
-            "export). Every number below is read from the store.", "",
-            f"Cost: {len(records)} trials, {cpu:.2f} CPU-hours of training and scoring; {span:.2f} hours from the first "
-            f"trial's start to the last one's end; {describe_sessions(self.store.note('sessions', []), [r.started_at for r in records])}; devices: "
+            f"Command: `{self.command}` (resumable: the store is `{_shown(self.store.path)}`; `{_shown(self.out)}/trials.csv` "
+            "is its export). Every number below is read from the store.", "",
+            f"Cost: {len(records)} trials, {cpu:.2f} CPU-hours of training and scoring; {describe_wall(records)}; "
+            f"{describe_sessions(self.store.note('sessions', []), [r.started_at for r in records])}; devices: "
             f"{', '.join(sorted({r.device for r in records if r.device}))}.",
             "",
         ]
@@ -51,6 +48,14 @@ class Run:
         path.write_text("\n".join(lines) + "\n")
         self.store.to_dataframe().to_csv(self.out / "trials.csv", index=False)
         return path
+
+
+def _shown(path) -> str:
+    """A path as a reader of the committed file can use it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def cell(values) -> str:

@@ -382,6 +382,32 @@ class TrialStore:
         self.set_note("sessions", sorted([*sessions, session], key=lambda s: s["started"]))
 
 
+def busy_and_span(records) -> tuple[float, float]:
+    """(seconds of wall time with at least one trial running, seconds from the first trial's start to
+    the last one's end). A run resumed across days has a long span and the same busy time: the busy time
+    is what it cost."""
+    from datetime import datetime
+
+    spans = sorted((datetime.fromisoformat(r.started_at), datetime.fromisoformat(r.ended_at))
+                   for r in records if r.started_at and r.ended_at)
+    busy, edge = 0.0, None
+    for a, b in spans:
+        if edge is None or a > edge:
+            busy, edge = busy + (b - a).total_seconds(), b
+        elif b > edge:
+            busy, edge = busy + (b - edge).total_seconds(), b
+    span = (max(b for _, b in spans) - spans[0][0]).total_seconds() if spans else 0.0
+    return busy, span
+
+
+def describe_wall(records, unit: str = "hours") -> str:
+    """'0.76 hours of wall time with trials running' (and the span where pauses make it longer)."""
+    scale = 3600 if unit == "hours" else 60
+    busy, span = busy_and_span(records)
+    text = f"{busy / scale:.2f} {unit} of wall time with trials running"
+    return text + (f" (first start to last end {span / scale:.2f} {unit}, pauses included)" if span > 1.05 * busy + 60 else "")
+
+
 def describe_sessions(sessions: list[dict], starts: list[str]) -> str:
     """One sentence on the machine load while trials trained (from ``TrialStore.log_session``);
     ``starts``: the trials' start times. A trial belongs to the last session that began before it, so a
@@ -400,7 +426,7 @@ def describe_sessions(sessions: list[dict], starts: list[str]) -> str:
     cut = sum("ended" not in x for x in sessions)
     return (f"{len(times) - before} trial(s) trained in {len(sessions)} logged session(s) on {', '.join(hosts)}, "
             f"1-minute load average {min(loads):.2f} to {max(loads):.2f} at their starts and ends"
-            + (f" ({cut} session(s) stopped before logging their end)" if cut else "")
+            + (f" ({cut} session(s) without a logged end: stopped, or still running)" if cut else "")
             + (f"; {unlogged}" if unlogged else ""))
 
 

@@ -26,7 +26,7 @@ from designspace.pool.scorer import _BACKBONES
 from designspace.regime import Regime
 from designspace.space import Design
 from designspace.store import TrialStore
-from designspace.trial import Status, TrialSpec
+from designspace.trial import Status, TrialRecord, TrialSpec
 
 REGIME = Regime(n_train=64, n_dev=64, batch_size=16)
 DESIGNS = (
@@ -319,4 +319,21 @@ def test_each_training_session_logs_host_and_load(tmp_path):
     # A session killed before logging its end still owns the trials that started after it began.
     killed = [{k: v for k, v in x.items() if k not in ("ended", "load_end", "trained")} for x in store.note("sessions")]
     text = describe_sessions(killed, starts)
-    assert text.startswith("8 trial(s) trained in 2") and "2 session(s) stopped before logging their end" in text
+    assert text.startswith("8 trial(s) trained in 2") and "2 session(s) without a logged end" in text
+
+
+def test_cost_counts_wall_time_with_trials_running_not_the_pauses():
+    """A run resumed ten days later: its cost is the time trials ran, not the ten days."""
+    from designspace.store import busy_and_span, describe_wall
+
+    def rec(start: str, end: str):
+        return TrialRecord(TrialSpec(task="sst2", design=Design()), Status.OK, 0.5,
+                           started_at=f"2026-01-{start}+00:00", ended_at=f"2026-01-{end}+00:00")
+
+    records = [rec("01T00:00:00", "01T00:10:00"), rec("01T00:05:00", "01T00:15:00"),  # overlap: 15 min
+               rec("11T00:00:00", "11T00:30:00"), rec("11T00:10:00", "11T00:20:00")]  # inside: 30 min
+    busy, span = busy_and_span(records)
+    assert busy == 45 * 60 and span == 10 * 86400 + 30 * 60
+    assert describe_wall(records, "minutes").startswith("45.00 minutes of wall time with trials running (first")
+    assert describe_wall(records[:2], "minutes") == "15.00 minutes of wall time with trials running"
+    assert busy_and_span([]) == (0.0, 0.0)
