@@ -31,10 +31,13 @@ class Run:
 
     def header(self, records: list[TrialRecord]) -> list[str]:
         cpu = sum(r.seconds_train + r.seconds_eval for r in records) / 3600
+        # A --report rewrite trains nothing: name the command that trained, and the rewrite beside it.
+        trained = " ".join(shlex.quote(a) for a in ["python", *sys.argv] if a != "--report")
+        rewritten = f"; this file was rewritten from the store by `{self.command}`" if trained != self.command else ""
         return [
             f"# {self.title}", "",
-            f"Command: `{self.command}` (resumable: the store is `{_shown(self.store.path)}`; `{_shown(self.out)}/trials.csv` "
-            "is its export). Every number below is read from the store.", "",
+            f"Command: `{trained}` (resumable: the store is `{_shown(self.store.path)}`; `{_shown(self.out)}/trials.csv` "
+            f"is its export{rewritten}). Every number below is read from the store.", "",
             f"Cost: {len(records)} trials, {cpu:.2f} CPU-hours of training and scoring; {describe_wall(records)}; "
             f"{describe_sessions(self.store.note('sessions', []), [r.started_at for r in records])}; devices: "
             f"{', '.join(sorted({r.device for r in records if r.device}))}.",

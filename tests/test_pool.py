@@ -337,3 +337,17 @@ def test_cost_counts_wall_time_with_trials_running_not_the_pauses():
     assert describe_wall(records, "minutes").startswith("45.00 minutes of wall time with trials running (first")
     assert describe_wall(records[:2], "minutes") == "15.00 minutes of wall time with trials running"
     assert busy_and_span([]) == (0.0, 0.0)
+
+
+def test_a_results_header_names_the_command_that_trained(tmp_path, monkeypatch):
+    """A --report rewrite trains nothing: the file names the command that trained and the rewrite."""
+    from designspace.runs import Run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["experiments/x.py", "--report"])
+    run = Run("out", "T")
+    head = "\n".join(run.header([]))
+    assert "Command: `python experiments/x.py` (resumable: the store is `out/trials.sqlite`" in head
+    assert "rewritten from the store by `python experiments/x.py --report`" in head
+    monkeypatch.setattr(sys, "argv", ["experiments/x.py"])
+    assert "rewritten" not in "\n".join(Run("out", "T").header([]))
