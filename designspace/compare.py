@@ -28,15 +28,29 @@ def paired_difference(a: dict, b: dict, level: float = 0.95) -> dict | None:
     n = len(d)
     mean = statistics.mean(d)
     sd = statistics.stdev(d) if n > 1 else None
+    ci = p = None
     if n > 1:
         from scipy import stats
 
         half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
         ci = (mean - half, mean + half)
-    else:
-        ci = None
-    return {"n": n, "mean": mean, "sd": sd, "ci": ci, "wins": sum(x > 0 for x in d), "ties": sum(x == 0 for x in d),
-            "seeds": seeds}
+        # two-sided p of the same t test (for corrections across a table: holm)
+        p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)) if sd > 0 else float(mean == 0)
+    return {"n": n, "mean": mean, "sd": sd, "ci": ci, "p": p, "wins": sum(x > 0 for x in d),
+            "ties": sum(x == 0 for x in d), "seeds": seeds}
+
+
+def holm(ps: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values for a family of tests (None stays None and does not
+    count): rejecting where the adjusted p < alpha keeps the chance of any false claim in the family
+    at or below alpha (tests/test_compare.py checks it by simulation)."""
+    order = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    out: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        out[i] = running
+    return out
 
 
 def verdict(diff: dict | None, better: str = "searched") -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from designspace.compare import paired_difference, verdict
+from designspace.compare import holm, paired_difference, verdict
 from designspace.files import load_design_file
 from designspace.presets import PRESETS
 from designspace.regime import Regime
@@ -68,10 +68,18 @@ def paired(by: dict, avg: dict, ref: str, others: list[str], tasks, what: str) -
                  "differences, each interval for its own comparison, not corrected for the table's "
                  f"{len(others) * (len(tasks) + 1)}; a seed shares data order and head start):", "",
              "| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
+    averages = []
     for m in others:
         cells = [_diff(paired_difference(by.get((ref, t), {}), by.get((m, t), {})), ref) for t in tasks]
-        cells.append(_diff(paired_difference(avg[ref], avg[m]), ref))
+        averages.append(paired_difference(avg[ref], avg[m]))
+        cells.append(_diff(averages[-1], ref))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    adjusted = holm([d["p"] if d else None for d in averages])
+    shown = [f"{m} {d['mean']:+.2f}, p {p:.3f} ({'shown' if p < 0.05 else 'not shown'})"
+             for m, d, p in zip(others, averages, adjusted, strict=True) if p is not None]
+    if shown:
+        lines += ["", f"The average column as one family of {len(shown)} claims (Holm-adjusted p of the same paired "
+                      f"t tests; a claim holds at 5 % for the whole family where p < 0.05): " + "; ".join(shown) + "."]
     return lines
 
 
