@@ -1,4 +1,4 @@
-"""``designspace`` command line: refine, status, report, plot, sample, show, train, search, apply, export."""
+"""``designspace`` command line: refine, status, report, plot, sample, show, train, search, apply, retry, export."""
 
 from __future__ import annotations
 
@@ -131,6 +131,25 @@ def cmd_apply(args) -> int:
     return main_apply(args)
 
 
+def cmd_retry(args) -> int:
+    from pathlib import Path
+
+    from .store import TrialStore
+
+    path = Path(args.store)
+    if path.is_dir():
+        path = path / "trials.sqlite"
+    if not path.is_file():
+        raise DesignSpaceError(f"{path}: no trial store there; pass a trials.sqlite or the results folder holding it")
+    store = TrialStore(path, create=False)
+    with store.driver_lock():  # never beside a running driver
+        n = store.retry(args.status, args.label)
+    store.close()
+    which = f" of label {args.label!r}" if args.label else ""
+    print(f"{n} {args.status} trial(s){which} reopened in {path}; rerun the command that made the store to train them")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_peft
 
@@ -197,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("results", help="results folder of an experiment (with trials.sqlite)")
     s.add_argument("--formats", default="png,svg")
     s.set_defaults(fn=cmd_plot)
+
+    s = sub.add_parser("retry", help="reopen failed, infeasible or diverged trials of a store (after a fix)")
+    s.add_argument("store", help="trials.sqlite, or the results folder holding it")
+    s.add_argument("--status", required=True, choices=["failed", "infeasible", "diverged"])
+    s.add_argument("--label", help="only trials of this spec label (e.g. 'full fine-tuning')")
+    s.set_defaults(fn=cmd_retry)
 
     s = sub.add_parser("export", help="export a saved LoRA-only design to an HF peft adapter folder")
     s.add_argument("saved", help="folder written by apply --out / io.save_trained")

@@ -70,7 +70,7 @@ def check_pack(specs: list[TrialSpec]) -> None:
     for i, spec in enumerate(specs):
         shared = shared_identity(spec)
         if shared is None:
-            why = "an S3PET search" if spec.kind != "train" else "LoRA dropout (lora_dropout > 0)"
+            why = {"search": "an S3PET search", "full": "full fine-tuning"}.get(spec.kind) or "LoRA dropout (lora_dropout > 0)"
             raise DesignSpaceError(
                 f"pack spec {i} ({spec.label or spec.design_id}) trains alone: {why}; run it with run_spec or pack=1"
             )

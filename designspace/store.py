@@ -313,6 +313,23 @@ class TrialStore:
                 self._write([(sql, tuple(row[c] for c in cols))], "record a trial")
         return True
 
+    def retry(self, status: Status | str, label: str | None = None) -> int:
+        """Mark the records that ended with ``status`` (``failed``, ``infeasible`` or ``diverged``; of
+        spec label ``label`` when given) ``lost``, so that the next run of their experiment trains them
+        again: for trials a since-fixed bug failed. ``ok`` results are never reopened (rerunning the
+        trials one dislikes is not evidence). Returns how many were reopened."""
+        status = Status(status)
+        if status in (Status.OK, Status.LOST):
+            raise DesignSpaceError(
+                f"{self.path}: retry --status {status}: only failed, infeasible or diverged trials are reopened "
+                "(ok results stay; lost ones rerun anyway)"
+            )
+        keys = [r.key for r in self.records(status=status) if label is None or r.spec.label == label]
+        if keys:
+            sql = "UPDATE trials SET status=? WHERE key=? AND status=?"
+            self._write([(sql, (str(Status.LOST), k, str(status))) for k in keys], "reopen trials")
+        return len(keys)
+
     def get(self, key: str) -> TrialRecord | None:
         rows = self._execute("SELECT * FROM trials WHERE key=?", (key,))
         return _decode(rows[0]) if rows else None

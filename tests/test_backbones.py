@@ -78,12 +78,44 @@ def test_bart_uses_its_own_decoder_start():
     model.pet.detach()
 
 
-def test_prefix_on_an_attention_that_bypasses_the_interface_is_refused_at_compile():
-    """MPNet computes attention itself in transformers 5: a prefix could never reach it."""
+def test_prefix_reaches_mpnet_attention_which_computes_attention_itself():
+    """MPNet computes attention itself in transformers 5 (no attention interface): prefixes were refused
+    at compile time, so a discovered design with prefixes could not transfer to mpnet-base. Its own
+    forward now prepends them; checked against the attention written out by hand."""
+    import math
+
+    from designspace.attach import attach
+    from designspace.strategies.prefix import kv
+
     bb = _tiny(T.MPNetConfig(**SMALL))
-    with pytest.raises(DesignSpaceError, match="MPNetSelfAttention computes attention itself") as err:
-        compile_plan(Design(strategies=(("prefix",),) * 4), bb, 0.05)
-    assert "\n" not in str(err.value)
+    plan = compile_plan(Design(strategies=(("prefix",),) * 4), bb, 0.05)
+    ids, mask = tiny_batch()
+    before = bb.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    attached = attach(bb, plan)
+    attn = bb.layers[0].roles["attn"].module
+    seen = {}
+    attn.register_forward_pre_hook(lambda m, a, kw: seen.update(args=a, kwargs=kw), with_kwargs=True)
+    attn.register_forward_hook(lambda m, a, out: seen.update(out=out[0]))
+    after = bb.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (after - before).abs().max() > 1e-3, "the prefixes should change the outputs"
+
+    import inspect
+
+    call = inspect.signature(type(attn).forward).bind(attn, *seen["args"], **seen["kwargs"]).arguments
+    x, bias, add_mask = call["hidden_states"], call["position_bias"], call["attention_mask"]
+    pet = attached.pets["L0_prefix"]
+    heads, d = attn.num_attention_heads, attn.attention_head_size
+    split = lambda t: t.view(t.shape[0], -1, heads, d).transpose(1, 2)  # noqa: E731
+    pk, pv = (t.view(1, -1, heads, d).transpose(1, 2).expand(len(ids), -1, -1, -1) for t in kv(pet))
+    q, k, v = split(attn.q(x)), torch.cat([pk, split(attn.k(x))], 2), torch.cat([pv, split(attn.v(x))], 2)
+    n = pet.size
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+    scores[..., n:] += bias + add_mask  # prefix slots: no position bias, never masked
+    ref = attn.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape))
+    torch.testing.assert_close(seen["out"], ref, atol=1e-5, rtol=1e-5)
+
+    attached.detach()  # with nothing attached, the original forward again
+    torch.testing.assert_close(bb.model(input_ids=ids, attention_mask=mask).last_hidden_state, before)
 
 
 def test_mpnet_is_a_short_name_assembled_from_its_pypi_parts():

@@ -25,7 +25,7 @@ def spec(seed=0, task="sst2", design=None, **kw) -> TrialSpec:
 
 
 def rec(status="ok", seed=0, score=0.8, **kw) -> TrialRecord:
-    extra = {k: v for k, v in kw.items() if k in ("task", "design", "budget", "data_seed", "backbone_id", "data_id")}
+    extra = {k: v for k, v in kw.items() if k in ("task", "design", "budget", "data_seed", "backbone_id", "data_id", "label")}
     out = {k: v for k, v in kw.items() if k not in extra}
     return TrialRecord(spec(seed, **extra), Status(status), score=score if status == "ok" else None, **out)
 
@@ -80,6 +80,28 @@ def test_lost_is_retried_and_a_final_record_is_kept(store):
     assert store.records()[0].score == 0.9
     assert store.statuses() == {spec().key: Status.OK}
     assert store.counts() == {"ok": 1}
+
+
+def test_retry_reopens_the_trials_a_fixed_bug_failed_and_nothing_else(store, capsys):
+    """Full fine-tuning was recorded infeasible by a scorer that did not know its kind: after the fix,
+    those trials must train again on the next run, and no ok result may be reopened."""
+    from designspace.cli import main
+
+    store.record(rec("infeasible", seed=0, label="full fine-tuning", error="compile_plan needs a Design"))
+    store.record(rec("infeasible", seed=1, label="other", error="too big"))
+    store.record(rec("ok", seed=2, label="full fine-tuning"))
+    store.record(rec("failed", seed=3, label="full fine-tuning", error="boom"))
+    store.close()
+    assert main(["retry", str(store.path.parent), "--status", "infeasible", "--label", "full fine-tuning"]) == 0
+    assert "1 infeasible trial(s) of label 'full fine-tuning' reopened" in capsys.readouterr().out
+    assert store.statuses() == {spec(0).key: Status.LOST, spec(1).key: Status.INFEASIBLE,
+                                spec(2).key: Status.OK, spec(3).key: Status.FAILED}
+    assert store.record(rec("ok", seed=0, score=0.7))  # the next run's result takes the reopened key
+    assert store.get(spec(0).key).attempts == 2  # the infeasible attempt, then this one
+    with pytest.raises(DesignSpaceError, match="ok results stay"):
+        store.retry("ok")
+    assert main(["retry", str(store.path.parent / "nothing.sqlite"), "--status", "failed"]) == 2
+    assert "no trial store there" in capsys.readouterr().err
 
 
 def test_records_by_keys_keep_the_order_asked(store):

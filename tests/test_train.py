@@ -133,3 +133,17 @@ def test_full_fine_tuning_trains_every_weight_of_a_copy(tiny_bert_dir, glue_root
     assert r.trainable_params == bb.n_params and r.spec.design_id == "full" and "backbone" in spec.learning_rates()
     assert all(torch.equal(a, b) for a, b in zip(before, bb.model.parameters(), strict=True))
     assert not any(p.requires_grad for p in bb.model.parameters())
+
+
+def test_the_pool_scorer_trains_full_fine_tuning(tiny_bert_dir, glue_root):
+    """The pool's scorer sent every spec to the PET trainer: full fine-tuning, a spec without a design,
+    was recorded 'infeasible' (compile_plan needs a Design) in every final comparison."""
+    from designspace.backbones import load_backbone
+    from designspace.pool.scorer import TrainScorer
+    from designspace.trial import TrialSpec
+
+    spec = TrialSpec(task="sst2", kind="full", regime=Regime(n_train=32, n_dev=32, max_length=32, threads=1),
+                     backbone=tiny_bert_dir)
+    r = TrainScorer()(spec)
+    assert r.ok, r.error
+    assert r.trainable_params == load_backbone(tiny_bert_dir, device="cpu").n_params

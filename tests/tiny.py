@@ -7,7 +7,7 @@ import transformers as T
 
 from designspace.backbones import Backbone
 
-FAMILIES = ("bert", "roberta", "t5", "gpt2", "llama")
+FAMILIES = ("bert", "roberta", "t5", "gpt2", "llama", "mpnet")
 
 
 def tiny_config(family: str, n_layers: int = 4):
@@ -21,6 +21,8 @@ def tiny_config(family: str, n_layers: int = 4):
         return T.GPT2Config(vocab_size=64, n_embd=32, n_layer=n_layers, n_head=4, bos_token_id=0, eos_token_id=0)
     if family == "llama":
         return T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2)
+    if family == "mpnet":  # computes attention itself: prefixes take their own path (strategies.prefix)
+        return T.MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4, intermediate_size=48)
     raise ValueError(family)
 
 

@@ -29,8 +29,9 @@ _BACKBONES: dict[str, object] = {}
 
 
 class TrainScorer:
-    """Train the spec on its backbone (loaded once per worker) and score it; ``pack``: train the specs
-    of a pack in one pass (``train_pack.run_pack``)."""
+    """Train the spec on its backbone (loaded once per worker) and score it (an S3PET search for kind
+    ``search``, every weight of a copy for kind ``full``); ``pack``: train the specs of a pack in one
+    pass (``train_pack.run_pack``)."""
 
     def __call__(self, spec: TrialSpec) -> TrialRecord:
         from ..train import run_spec
@@ -39,6 +40,10 @@ class TrainScorer:
             from ..s3pet.run import search_record
 
             return self._on_backbone(spec, lambda backbone: search_record(spec, backbone))
+        if spec.kind == "full":  # full fine-tuning trains a copy of the worker's backbone
+            from ..full import run_full
+
+            return self._on_backbone(spec, lambda backbone: run_full(spec, backbone))
         return self._on_backbone(spec, lambda backbone: run_spec(spec, backbone))
 
     def pack(self, specs: list[TrialSpec]) -> list[TrialRecord]:

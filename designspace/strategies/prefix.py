@@ -5,6 +5,10 @@ One implementation for every family: transformers >= 5 routes attention through
 attention function that prepends the prefixes of every design attached to that module (each on its
 own rows of the batch, shorter prefixes padded and masked), widens the mask and T5's position bias,
 and then calls the implementation the model was using (sdpa or the family's eager).
+
+Attention modules that compute attention themselves (MPNet's, in transformers 5) get a forward of
+their own instead (:data:`_SELF_COMPUTING`): the same computation with the prefixes prepended, and the
+module's original forward whenever no prefix is attached.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ class Prefix(Strategy):
         return ("attn", "attn_k")
 
     def check_roles(self, layer, roles, where: str) -> None:
-        """Prefixes enter through transformers' attention interface: an attention module that computes
-        attention itself (MPNet's, in transformers 5) cannot take them. Said at compile time, in one line."""
+        """Prefixes enter through transformers' attention interface, or through a forward of our own
+        for the attention modules that compute attention themselves (:data:`_SELF_COMPUTING`); any
+        other module cannot take them. Said at compile time, in one line."""
         super().check_roles(layer, roles, where)
         attn = layer.roles["attn"].module
-        if getattr(getattr(attn, "config", None), "_attn_implementation", None) is None:
+        if _self_computing(attn) is None and getattr(getattr(attn, "config", None), "_attn_implementation", None) is None:
             from ..errors import DesignSpaceError
 
             raise DesignSpaceError(
@@ -192,9 +197,18 @@ def _register(name: str) -> None:
 
 
 def route_attention(attn) -> None:
-    """Point the model's attention dispatch (every config that ``attn`` may read) at our function."""
+    """Point the model's attention dispatch (every config that ``attn`` may read) at our function, or
+    give an attention module that computes attention itself its prefixed forward."""
     from ..errors import DesignSpaceError
 
+    forward = _self_computing(attn)
+    if forward is not None:
+        if getattr(attn.forward, "__func__", None) is not forward:
+            import types
+
+            # An instance attribute: this module only, and ``copy.deepcopy`` rebinds it to the copy.
+            attn.forward = types.MethodType(forward, attn)
+        return
     config = getattr(attn, "config", None)
     if config is None:
         raise DesignSpaceError(f"{type(attn).__name__} has no config; prefix tuning needs transformers >= 5")
@@ -206,3 +220,49 @@ def route_attention(attn) -> None:
     name = _IMPL_PREFIX + current
     _register(name)
     config._attn_implementation = name
+
+
+# --- attention modules that compute attention themselves ---------------------------------------------
+def _mpnet_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+    """``MPNetSelfAttention.forward`` with the attached prefixes prepended to its keys and values:
+    scaled dot products, the relative-position bias (none for prefix positions, as for T5), the
+    additive mask (prefix slots visible to the rows whose design has them), softmax, dropout. Without
+    a prefix attached: the original forward, untouched."""
+    import math
+
+    import torch
+
+    from ..attach import routed_entries
+
+    entries = [(rows, pet) for rows, pet in routed_entries(self, "attention") if pet.size > 0]
+    if not entries:
+        return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
+    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    q = self.q(hidden_states).view(shape).transpose(1, 2)
+    k = self.k(hidden_states).view(shape).transpose(1, 2)
+    v = self.v(hidden_states).view(shape).transpose(1, 2)
+    pk, pv, visible = _prefix_tensors(entries, k, v)
+    n_prefix, length = pk.shape[2], k.shape[2]
+    k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
+    if position_bias is not None:
+        scores = scores + torch.cat([position_bias.new_zeros((*position_bias.shape[:-1], n_prefix)), position_bias], -1)
+    mask = _widen_mask(attention_mask, visible, n_prefix, q.shape[2], length, False, q.shape[0], q.device)
+    if mask is not None and mask.dtype == torch.bool:  # built here (no padding in the batch): which keys count
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:  # MPNet's additive mask
+        scores = scores + mask
+    probs = self.dropout(torch.softmax(scores, dim=-1))
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
+    out = self.o(context)
+    return (out, probs) if output_attentions else (out,)
+
+
+def _self_computing(attn):
+    """The prefixed forward for ``attn`` when it is an attention module that computes attention
+    itself and that we know (MPNet's), else None."""
+    try:
+        from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
+    except ImportError:  # pragma: no cover - an older or trimmed transformers
+        return None
+    return _mpnet_forward if type(attn) is MPNetSelfAttention else None
