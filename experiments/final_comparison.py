@@ -42,13 +42,41 @@ def specs_for(methods: dict, tasks, seeds, regime: Regime = REGIME) -> list[Tria
     return out
 
 
-def table(records, methods: list[str], tasks) -> list[str]:
+def scores_of(records, methods: list[str], tasks) -> tuple[dict, dict]:
+    """(method, task) -> {seed: points}, and method -> {seed: mean over tasks} for seeds with every task."""
     by: dict[tuple, dict[int, float]] = {}
     for r in records:
         if (p := points(r)) is not None:
             by.setdefault((r.spec.label, r.spec.task), {})[r.spec.seed] = p
     avg = {m: {s: sum(by[(m, t)][s] for t in tasks) / len(tasks) for s in SEEDS
                if all(s in by.get((m, t), {}) for t in tasks)} for m in methods}
+    return by, avg
+
+
+def figures(records, methods: list[str], tasks, out: Path) -> list[str]:
+    """The paired differences as forest plots (figures/); the README lines that link them."""
+    from designspace.analysis.data import paired_data
+    from designspace.analysis.render import render_paired
+
+    by, avg = scores_of(records, methods, tasks)
+    scores = {**{t: {m: by.get((m, t), {}) for m in methods} for t in tasks}, "average": avg}
+    lines = []
+    singles = [m for m in ("all-lora", "all-adapter", "all-prefix", "all-bitfit") if m in methods]
+    for ref, others, stem, title in (
+        ("discovered", [m for m in methods if m != "discovered"], "discovered_vs_methods",
+         "The discovered design minus each method"),
+        ("s4", singles, "s4_vs_single_strategies", "The paper's S4 minus each single strategy"),
+    ):
+        if not avg.get(ref):
+            continue
+        data = paired_data(scores, ref, [m for m in others if avg.get(m)], title)
+        (png, *_) = render_paired(data, out / "figures" / stem, ("png", "svg"))
+        lines.append(f"![{title}](figures/{png.name})")
+    return lines
+
+
+def table(records, methods: list[str], tasks) -> list[str]:
+    by, avg = scores_of(records, methods, tasks)
     lines = ["| method | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(cell(by.get((m, t), {}).values()) for t in tasks)
@@ -121,6 +149,7 @@ def main(argv=None) -> None:
         "STS-B Pearson, MRPC F1), mean ± sd over seeds 0-4.", "",
         *table(records, list(methods), TASKS),
     ]
+    lines += ["", *figures(records, list(methods), TASKS, Path(a.output))]
     if checked:
         lines += ["", "RTE and CoLA, seed 0, same regime (are they off chance for anything?): "
                   + "; ".join(f"{r.spec.label} on {r.spec.task}: {r.metrics}" for r in checked)]

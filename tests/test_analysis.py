@@ -303,3 +303,25 @@ def test_figure_data_imports_neither_torch_nor_matplotlib():
                          capture_output=True, text=True, check=True).stderr
     modules = {line.rsplit("|", 1)[-1].strip() for line in out.splitlines() if "|" in line}
     assert not {m for m in modules if m.split(".")[0] in ("torch", "matplotlib")}
+
+
+def test_paired_figure_data_pairs_by_seed_and_adjusts_the_last_column(tmp_path):
+    """The final comparison's forest plots: each cell is the paired t interval over the seeds both
+    methods have; the Holm p is the average column's, as in the README's family line."""
+    from designspace.analysis.data import paired_data
+    from designspace.analysis.render import render_paired
+
+    scores = {"sst2": {"ref": {0: 80.0, 1: 82.0, 2: 81.0, 3: 90.0}, "a": {0: 79.0, 1: 80.0, 2: 81.5},
+                       "b": {0: 70.0, 1: 71.0, 2: 69.0}},
+              "average": {"ref": {0: 1.0, 1: 2.0, 2: 3.0}, "a": {0: 1.0, 1: 2.5, 2: 2.0}, "b": {0: 0.0, 1: 0.2, 2: 0.1}}}
+    data = paired_data(scores, "ref", ["a", "b", "absent"], "t")
+    a, b, absent = data.rows
+    mean, lo, hi = a.cells[0]
+    assert mean == pytest.approx(1.0 / 3 * (1 + 2 - 0.5)) and lo < 0 < hi  # seed 3 has no partner
+    assert b.cells[0][1] > 0 and absent.cells == [None, None] and absent.adjusted_p is None
+    from designspace.compare import holm, paired_difference
+
+    ps = [paired_difference(scores["average"]["ref"], scores["average"][m])["p"] for m in ("a", "b")]
+    assert [a.adjusted_p, b.adjusted_p] == holm(ps)
+    paths = render_paired(data, tmp_path / "f", ("png",))
+    assert paths == [tmp_path / "f.png"] and paths[0].stat().st_size > 0

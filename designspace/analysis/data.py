@@ -404,3 +404,44 @@ def search_gate_heatmaps(records: list[TrialRecord]) -> dict[str, GateHeatmapDat
                  f"seed {s.seed}")
         out[f"gates_{s.task}_s{s.seed}_{r.key[:8]}"] = gate_heatmap_data(r.result["heatmap"], title)
     return out
+
+
+# --- paired comparisons (final comparison, transfer) -------------------------------------------------
+@dataclass
+class PairedRow:
+    """``ref`` minus one method, per column: (mean, lower, upper) of the paired t interval, or None."""
+
+    method: str
+    cells: list[tuple[float, float, float] | None]
+    adjusted_p: float | None = None  # Holm over the last column's family, where given
+
+
+@dataclass
+class PairedData:
+    """Paired differences of one reference against several methods, one panel per column."""
+
+    ref: str
+    columns: list[str]
+    rows: list[PairedRow]
+    title: str
+    level: float = 0.95
+
+
+def paired_data(scores: dict[str, dict[str, dict[int, float]]], ref: str, others: list[str], title: str,
+                level: float = 0.95) -> PairedData:
+    """From ``scores[column][method] = {seed: points}``: ``ref - method`` per column, paired by seed
+    (``compare.paired_difference``), and the Holm-adjusted p of the last column's family."""
+    from designspace.compare import holm, paired_difference
+
+    columns = list(scores)
+    rows, last = [], []
+    for m in others:
+        cells = []
+        for col in columns:
+            d = paired_difference(scores[col].get(ref, {}), scores[col].get(m, {}), level)
+            cells.append(None if d is None or d["ci"] is None else (d["mean"], *d["ci"]))
+        last.append(d["p"] if d is not None else None)
+        rows.append(PairedRow(m, cells))
+    for row, p in zip(rows, holm(last), strict=True):
+        row.adjusted_p = p
+    return PairedData(ref, columns, rows, title, level)

@@ -27,6 +27,7 @@ from .data import (
     EffectsData,
     GateHeatmapData,
     LayerMapData,
+    PairedData,
     ScoreParamsData,
     StrategyHeatmapData,
 )
@@ -307,4 +308,33 @@ def render_gate_heatmap(data: GateHeatmapData, path_stem: str | Path, formats: F
     ax.set_title(_wrap(data.title, 80) + "\nred frame: kept in the structure; grey: no candidate",
                  fontsize=9.5)
     fig.colorbar(im, ax=ax, label="gate probability", fraction=0.05, pad=0.02)
+    return _save(fig, path_stem, formats)
+
+
+# --- paired differences of a final comparison --------------------------------------------------------
+def render_paired(data: PairedData, path_stem: str | Path, formats: Formats = ("png",)) -> list[Path]:
+    """One panel per column: ``ref - method`` with its paired interval per method; green where the
+    interval is above 0, red where below, grey where it spans 0 (no difference shown)."""
+    n, k = len(data.rows), len(data.columns)
+    fig = _figure(2.6 * k + 1.8, max(2.4, 0.42 * n + 1.6))
+    axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
+    ys = np.arange(n)[::-1]
+    for j, (ax, col) in enumerate(zip(axes, data.columns, strict=True)):
+        ax.axvline(0, color="0.3", lw=1)
+        for row, y in zip(data.rows, ys, strict=True):
+            cell = row.cells[j]
+            if cell is None:
+                continue
+            mean, lo, hi = cell
+            color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "0.5"
+            ax.plot([lo, hi], [y, y], color=color, lw=2.2, solid_capstyle="butt")
+            ax.plot(mean, y, "o", color=color, mec="black", mew=0.6, ms=6, zorder=3)
+        ax.set_title(col, fontsize=9.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"{data.ref} minus method (points)", fontsize=8)
+    labels = [r.method + ("" if r.adjusted_p is None else f"\n(Holm p {r.adjusted_p:.3f})") for r in data.rows]
+    axes[0].set_yticks(ys, labels, fontsize=8.5)
+    axes[0].set_ylim(-0.6, n - 0.4)
+    fig.suptitle(f"{data.title}: {data.level:.0%} paired t intervals over seeds (each for its own comparison; "
+                 "Holm p: the last column as one family)", fontsize=9.5)
     return _save(fig, path_stem, formats)
