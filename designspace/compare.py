@@ -5,7 +5,8 @@ in the tests (``tests/test_compare.py``). No torch here.
   data subset and order, its head's start), Student's t interval on the per-seed differences;
 - ``spearman``: Spearman's rank correlation of two score lists with a Fisher-z interval using Bonett
   and Wright's variance (1 + r^2 / 2) / (n - 3), which keeps its coverage near the nominal level for
-  the 20-30 designs a ranking-fidelity study has (a percentile bootstrap undercovers there).
+  the 20-30 designs a ranking-fidelity study has (a percentile bootstrap undercovers there);
+- ``above_majority`` and ``mcc_above_zero``: is one classifier's dev score off chance (one-sided p)?
 """
 
 from __future__ import annotations
@@ -86,3 +87,19 @@ def spearman(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> dic
     half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt((1 + r * r / 2) / (n - 3))
     z = math.atanh(r)
     return {"rho": rho, "ci": (math.tanh(z - half), math.tanh(z + half)), "n": n}
+
+
+def above_majority(accuracy: float, n: int, majority: float) -> float:
+    """One-sided exact binomial p that an accuracy on ``n`` examples beats always answering the
+    majority class (rate ``majority``): small only where the classifier learned something."""
+    from scipy import stats
+
+    return float(stats.binomtest(round(accuracy * n), n, majority, alternative="greater").pvalue)
+
+
+def mcc_above_zero(mcc: float, n: int) -> float:
+    """One-sided p that a binary Matthews correlation on ``n`` examples exceeds 0 (no association):
+    under independence n * MCC^2 is chi-square with 1 degree of freedom, i.e. sqrt(n) * MCC is normal."""
+    from scipy import stats
+
+    return float(stats.norm.sf(mcc * math.sqrt(n)))

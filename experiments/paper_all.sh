@@ -11,7 +11,7 @@ mkdir -p runs
   echo "== $(date -u +%FT%TZ) ranking fidelity"; $PY experiments/ranking_fidelity.py
   echo "== $(date -u +%FT%TZ) refinement"; $PY -m designspace.cli refine experiments/paper_minilm.yaml
   $PY -m designspace.cli plot results/paper_minilm
-  echo "== $(date -u +%FT%TZ) final comparison"; $PY experiments/final_comparison.py --check-chance
+  echo "== $(date -u +%FT%TZ) final comparison"; $PY experiments/final_comparison.py --check-chance --cola
   echo "== $(date -u +%FT%TZ) transfer"; $PY experiments/transfer.py
   echo "== $(date -u +%FT%TZ) done"
 } 2>&1 | tee -a runs/paper_all.log

@@ -67,3 +67,26 @@ def test_p_agrees_with_the_interval_and_holm_steps_down():
     d = paired_difference({0: 2.0, 1: 1.0, 2: 2.5}, {0: 1.0, 1: 1.5, 2: 1.2})
     assert d["ci"][0] < 0 < d["ci"][1] and d["p"] > 0.05
     assert holm([0.01, None, 0.04, 0.03]) == [0.03, None, 0.06, 0.06]
+
+
+def test_off_chance_tests_hold_their_level_on_classifiers_that_know_nothing():
+    """The RTE/CoLA check of the final comparison says "off chance" where p < 0.05: a classifier whose
+    predictions ignore the labels must get that verdict at most 5 % of the time, and one that knows a
+    little (accuracy 8 points above the majority on RTE's 277) must get it nearly always."""
+    from sklearn.metrics import matthews_corrcoef
+
+    from designspace.compare import above_majority, mcc_above_zero
+
+    rng = np.random.default_rng(0)
+    n, majority = 277, 146 / 277
+    hits_acc = hits_mcc = 0
+    sims = 2000
+    for _ in range(sims):
+        labels = (rng.random(n) < majority).astype(int)
+        preds = (rng.random(n) < 0.7).astype(int)  # leans to the majority class, knows nothing
+        acc = float((preds == labels).mean())
+        hits_acc += above_majority(acc, n, float(labels.mean())) < 0.05
+        hits_mcc += mcc_above_zero(matthews_corrcoef(labels, preds), n) < 0.05
+    assert hits_acc / sims <= 0.05 and hits_mcc / sims <= 0.065  # the normal approximation, n = 277
+    assert above_majority(majority + 0.08, n, majority) < 0.01
+    assert mcc_above_zero(0.25, n) < 0.001
