@@ -78,7 +78,7 @@ def main(argv=None) -> None:
                 d = paired_difference(by.get((f"discovered@{b}", t), {}), by.get((f"all-lora@{b}", t), {}))
                 if d and d["ci"]:
                     lines.append(f"- {b}, {t}: {d['mean']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] "
-                                 f"({verdict(d, 'discovered')})")
+                                 f"({verdict(d, 'discovered')}; discovered ahead on {d['wins']} of {d['n']} seeds)")
     else:
         lines += ["", f"_The discovered design is pending ({a.discovered} does not exist yet)._"]
     print(run.finish(lines))

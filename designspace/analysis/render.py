@@ -336,5 +336,5 @@ def render_paired(data: PairedData, path_stem: str | Path, formats: Formats = ("
     axes[0].set_yticks(ys, labels, fontsize=8.5)
     axes[0].set_ylim(-0.6, n - 0.4)
     fig.suptitle(f"{data.title}: {data.level:.0%} paired t intervals over seeds (each for its own comparison; "
-                 "Holm p: the last column as one family)", fontsize=9.5)
+                 "Holm p: the last column as one family)", fontsize=9.5, y=1.04)
     return _save(fig, path_stem, formats)
