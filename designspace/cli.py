@@ -141,10 +141,8 @@ def cmd_retry(args) -> int:
         path = path / "trials.sqlite"
     if not path.is_file():
         raise DesignSpaceError(f"{path}: no trial store there; pass a trials.sqlite or the results folder holding it")
-    store = TrialStore(path, create=False)
-    with store.driver_lock():  # never beside a running driver
+    with TrialStore(path, create=False) as store, store.driver_lock():  # never beside a running driver
         n = store.retry(args.status, args.label)
-    store.close()
     which = f" of label {args.label!r}" if args.label else ""
     print(f"{n} {args.status} trial(s){which} reopened in {path}; rerun the command that made the store to train them")
     return 0

@@ -155,29 +155,40 @@ def _base_function(module, name: str):
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
+def _entries(module):
+    """(rows, prefix module) of every design with a non-empty prefix on ``module``."""
+    from ..attach import routed_entries
+
+    return [(rows, pet) for rows, pet in routed_entries(module, "attention") if pet.size > 0]
+
+
+def _prepend(entries, query, key, value, mask, causal: bool, bias=None):
+    """The prefixes of ``entries`` put before ``key`` and ``value``, with the mask widened (each row
+    sees its own design's prefix slots) and a position bias padded with zeros (prefix slots get none:
+    T5, MPNet)."""
+    import torch
+
+    k_len = key.shape[2]
+    pk, pv, visible = _prefix_tensors(entries, key, value)
+    key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+    n_prefix = pk.shape[2]
+    mask = _widen_mask(mask, visible, n_prefix, query.shape[2], k_len, causal, key.shape[0], query.device)
+    if bias is not None:
+        bias = torch.cat([bias.new_zeros((*bias.shape[:-1], n_prefix)), bias], dim=-1)
+    return key, value, mask, bias
+
+
 def _make_attention(name: str):
     def prefixed_attention(module, query, key, value, attention_mask, *args, **kwargs):
-        import torch
-
         base = _base_function(module, name)
-        from ..attach import routed_entries
-
-        entries = [(rows, pet) for rows, pet in routed_entries(module, "attention") if pet.size > 0]
+        entries = _entries(module)
         if not entries:
             return base(module, query, key, value, attention_mask, *args, **kwargs)
-        k_len = key.shape[2]
-        pk, pv, visible = _prefix_tensors(entries, key, value)
-        key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
-        n_prefix = pk.shape[2]
         causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-        attention_mask = _widen_mask(
-            attention_mask, visible, n_prefix, query.shape[2], k_len, causal, key.shape[0], query.device
-        )
-        bias = kwargs.get("position_bias")
+        key, value, attention_mask, bias = _prepend(entries, query, key, value, attention_mask, causal,
+                                                    kwargs.get("position_bias"))
         if bias is not None:
-            # T5: prefix positions get no relative-position bias.
-            zeros = bias.new_zeros((*bias.shape[:-1], n_prefix))
-            kwargs["position_bias"] = torch.cat([zeros, bias], dim=-1)
+            kwargs["position_bias"] = bias
         kwargs["is_causal"] = False
         return base(module, query, key, value, attention_mask, *args, **kwargs)
 
@@ -232,22 +243,17 @@ def _mpnet_forward(self, hidden_states, attention_mask=None, position_bias=None,
 
     import torch
 
-    from ..attach import routed_entries
-
-    entries = [(rows, pet) for rows, pet in routed_entries(self, "attention") if pet.size > 0]
+    entries = _entries(self)
     if not entries:
         return type(self).forward(self, hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
     q = self.q(hidden_states).view(shape).transpose(1, 2)
     k = self.k(hidden_states).view(shape).transpose(1, 2)
     v = self.v(hidden_states).view(shape).transpose(1, 2)
-    pk, pv, visible = _prefix_tensors(entries, k, v)
-    n_prefix, length = pk.shape[2], k.shape[2]
-    k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+    k, v, mask, bias = _prepend(entries, q, k, v, attention_mask, False, position_bias)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
-    if position_bias is not None:
-        scores = scores + torch.cat([position_bias.new_zeros((*position_bias.shape[:-1], n_prefix)), position_bias], -1)
-    mask = _widen_mask(attention_mask, visible, n_prefix, q.shape[2], length, False, q.shape[0], q.device)
+    if bias is not None:
+        scores = scores + bias
     if mask is not None and mask.dtype == torch.bool:  # built here (no padding in the batch): which keys count
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:  # MPNet's additive mask
