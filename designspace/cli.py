@@ -141,7 +141,8 @@ def cmd_retry(args) -> int:
         path = path / "trials.sqlite"
     if not path.is_file():
         raise DesignSpaceError(f"{path}: no trial store there; pass a trials.sqlite or the results folder holding it")
-    with TrialStore(path, create=False) as store, store.driver_lock():  # never beside a running driver
+    # Never beside a running driver (it would train a reopened trial twice, or miss it).
+    with TrialStore(path, create=False) as store, store.driver_lock("retry once it has ended"):
         n = store.retry(args.status, args.label)
     which = f" of label {args.label!r}" if args.label else ""
     print(f"{n} {args.status} trial(s){which} reopened in {path}; rerun the command that made the store to train them")

@@ -182,6 +182,13 @@ class TrialStore:
         fresh = self._check_existing() if self.path.exists() else True
         if self.readonly:
             conn = self._read_only_connection()
+            # A file without our schema (``fresh``) may have got it since: look again on this connection.
+            if fresh and not conn.execute("SELECT 1 FROM sqlite_master WHERE name='trials'").fetchone():
+                conn.close()
+                raise DesignSpaceError(
+                    f"{self.path}: holds no trials yet (a run is creating it, or one stopped before writing "
+                    "anything); try again once the run has started, or rerun it"
+                )
             conn.row_factory = sqlite3.Row
             return conn
         with self._sqlite_errors("create"):
@@ -266,10 +273,10 @@ class TrialStore:
 
     # -- one driver per store ----------------------------------------------------------------------
     @contextmanager
-    def driver_lock(self) -> Iterator[None]:
+    def driver_lock(self, instead: str = "pass another --output") -> Iterator[None]:
         """Hold ``<store>.lock`` while a driver runs: a second driver is refused in one line naming the
-        first (pid, host, since). The kernel drops the lock when its holder dies, so a killed driver
-        leaves no stale lock behind."""
+        first (pid, host, since) and ending with ``instead`` (what else the refused command can do). The
+        kernel drops the lock when its holder dies, so a killed driver leaves no stale lock behind."""
         import fcntl
 
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -283,7 +290,7 @@ class TrialStore:
                 holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
                 raise DesignSpaceError(
                     f"{self.path}: another driver is running on this store ({holder}); wait for it, stop it, or "
-                    "pass another --output"
+                    f"{instead}"
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}".encode(), 0)

@@ -102,6 +102,11 @@ def test_retry_reopens_the_trials_a_fixed_bug_failed_and_nothing_else(store, cap
         store.retry("ok")
     assert main(["retry", str(store.path.parent / "nothing.sqlite"), "--status", "failed"]) == 2
     assert "no trial store there" in capsys.readouterr().err
+    with TrialStore(store.path, create=False) as driver, driver.driver_lock():  # a run is going on
+        assert main(["retry", str(store.path.parent), "--status", "failed"]) == 2
+    err = capsys.readouterr().err
+    assert "another driver is running" in err and "retry once it has ended" in err and "--output" not in err
+    assert store.get(spec(3).key).status is Status.FAILED  # nothing reopened under the running driver
 
 
 def test_records_by_keys_keep_the_order_asked(store):
@@ -226,6 +231,27 @@ def test_a_read_only_store_opens_as_an_immutable_snapshot(tmp_path, monkeypatch)
         return real(database, *a, **kw)
 
     monkeypatch.setattr(designspace.store.sqlite3, "connect", no_shm)
+    with TrialStore(path, create=False, readonly=True) as s:
+        assert s.counts() == {"ok": 1}
+
+
+@pytest.mark.parametrize("made", ["empty file", "sqlite without tables"])
+def test_a_reader_of_a_store_being_created_gets_one_line(tmp_path, made):
+    """A reader that opened the file between the driver's connect and its schema commit failed later,
+    on its first query, with "no such table: trials" (a CI run of test_pool hit it)."""
+    path = tmp_path / "trials.sqlite"
+    if made == "empty file":
+        path.touch()
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA user_version=1")
+        conn.commit()
+        conn.close()
+    reader = TrialStore(path, create=False, readonly=True)
+    with pytest.raises(DesignSpaceError, match="holds no trials yet"):
+        reader.open()
+    with TrialStore(path) as s:  # the driver goes on and makes the store; nothing was written by the reader
+        s.record(rec())
     with TrialStore(path, create=False, readonly=True) as s:
         assert s.counts() == {"ok": 1}
 
