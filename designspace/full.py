@@ -18,6 +18,7 @@ from .data import epoch_batches
 from .model import FrozenBody, new_head
 from .tasks import get_task
 from .train import (
+    Targets,
     evaluate_model,
     fit,
     pad_token_id,
@@ -61,10 +62,12 @@ def run_full(spec: TrialSpec, backbone: Backbone) -> TrialRecord:
             record.head_params = sum(p.numel() for p in model.head.parameters())
             groups = [{"params": list(weights.parameters()), "lr": spec.regime.lr_for("backbone"), "name": "backbone"},
                       {"params": list(model.head.parameters()), "lr": spec.regime.lr_for("head"), "name": "head"}]
-            batches = epoch_batches(train, spec.regime.batch_size, spec.regime.epochs, spec.data_seed,
-                                    spec.regime.max_steps)
+            targets = Targets.of(task, spec.regime, train)
+            batches = epoch_batches(targets.learned(train), spec.regime.batch_size, spec.regime.epochs,
+                                    spec.data_seed, spec.regime.max_steps)
             torch.manual_seed(spec.seed)
             fit(model, groups, batches, task, spec.regime, record, pad_token_id(backbone), device)
+            targets.fold(model.head)
             if record.status is Status.OK:
                 t0 = time.perf_counter()
                 preds, labels = evaluate_model(model, evaluated, spec.regime, pad_token_id(backbone), task.is_regression,

@@ -6,10 +6,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import check_float, check_int, dataclass_from_dict, invalid
+from .errors import check_choice, check_float, check_int, dataclass_from_dict, invalid
 from .strategies import registry
 
 HEAD_LR = 2e-3
+#: How a regression task's labels may be learned (``Regime.targets``).
+TARGETS = ("raw", "standard")
 #: Full fine-tuning's rate for the backbone's own weights (the usual 2e-5 .. 5e-5 for BERT-size models).
 BACKBONE_LR = 5e-5
 
@@ -34,6 +36,12 @@ class Regime:
     weight_decay: float = 0.0
     warmup: float = 0.06
     grad_clip: float = 1.0
+    #: A regression task's labels as the model learns them: ``raw`` (the label itself, MSE on it, as
+    #: HF's run_glue) or ``standard`` ((label - mean) / sd over the trial's training examples; the head
+    #: is rescaled after training, so predictions and exports are labels again). In the brief regime
+    #: raw STS-B targets leave some seeds at the constant prediction (results/transfer/README.md).
+    #: Classification ignores it.
+    targets: str = "raw"
     threads: int | None = None  # how fast, not what: not part of the regime's identity
 
     def __post_init__(self):
@@ -52,6 +60,7 @@ class Regime:
         check_float(self.warmup, "regime.warmup", 0.0, 1.0, open_high=True)
         check_float(self.grad_clip, "regime.grad_clip", 0.0)
         check_int(self.threads, "regime.threads", 1, none=True)
+        check_choice(self.targets, "regime.targets", TARGETS)
         if self.n_train is not None and self.epochs * self.n_train < self.batch_size and not self.max_steps:
             raise invalid("regime.epochs", self.epochs,
                           f"at least one batch: epochs * n_train >= batch_size ({self.batch_size})")
@@ -64,8 +73,12 @@ class Regime:
         return {"head": HEAD_LR, "backbone": BACKBONE_LR}.get(name) or registry.get(name).lr
 
     def to_dict(self) -> dict:
+        """The regime as plain JSON; ``targets`` only where it is not ``raw``, so that regimes written
+        before it existed keep their identity (and their stored trials)."""
         d = asdict(self)
         d.pop("threads")
+        if d["targets"] == "raw":
+            d.pop("targets")
         return d
 
     @classmethod

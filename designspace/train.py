@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import platform
 import resource
+import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -90,6 +92,44 @@ def loss_function(task) -> nn.Module:
 
 def task_loss(loss_fn: nn.Module, out: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     return loss_fn(out.squeeze(-1), labels) if regression else loss_fn(out, labels)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The labels a regression head learns (``Regime.targets``): z = (label - mean) / sd over the
+    trial's training examples under ``standard``; after training :meth:`fold` rescales the head's last
+    linear layer, so the model predicts labels again (scores, stored predictions, exports). The
+    identity for ``raw`` targets and for classification."""
+
+    mean: float = 0.0
+    sd: float = 1.0
+
+    @classmethod
+    def of(cls, task, regime: Regime, train: list) -> Targets:
+        if not task.is_regression or regime.targets == "raw" or not train:
+            return cls()
+        labels = [float(e.label) for e in train]
+        sd = statistics.pstdev(labels)
+        return cls(statistics.fmean(labels), sd if sd > 0 else 1.0)
+
+    @property
+    def raw(self) -> bool:
+        return self.mean == 0.0 and self.sd == 1.0
+
+    def learned(self, examples: list) -> list:
+        """``examples`` with the labels the model learns."""
+        if self.raw:
+            return examples
+        return [replace(e, label=(float(e.label) - self.mean) / self.sd) for e in examples]
+
+    def fold(self, head: nn.Module) -> None:
+        """Make ``head`` output mean + sd * z: its last linear layer's weight times sd, bias sd * b + mean."""
+        if self.raw:
+            return
+        linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            linear.weight.mul_(self.sd)
+            linear.bias.mul_(self.sd).add_(self.mean)
 
 
 @contextmanager
@@ -236,10 +276,12 @@ def run_spec(spec: TrialSpec, backbone: Backbone, keep_model: bool = False, hub:
             record.n_train, record.n_eval = len(train), len(evaluated)
             model = PETModel(backbone, plan, num_labels=task.num_labels, seed=spec.seed)
             record.trainable_params, record.head_params = model.pet_params(), model.head_params()
-            batches = epoch_batches(train, spec.regime.batch_size, spec.regime.epochs, spec.data_seed,
-                                    spec.regime.max_steps)
+            targets = Targets.of(task, spec.regime, train)
+            batches = epoch_batches(targets.learned(train), spec.regime.batch_size, spec.regime.epochs,
+                                    spec.data_seed, spec.regime.max_steps)
             torch.manual_seed(spec.seed)  # LoRA's dropout (option lora_dropout) draws from the global generator
             fit(model, param_groups(model, spec.regime), batches, task, spec.regime, record, pad_id, device, progress)
+            targets.fold(model.head)
             if record.status is Status.OK:
                 t0 = time.perf_counter()
                 preds, labels = evaluate_model(model, evaluated, spec.regime, pad_id, task.is_regression, device)

@@ -45,6 +45,7 @@ from .regime import Regime
 from .tasks import get_task
 from .train import (
     CHECK_EVERY,
+    Targets,
     design_groups,
     loss_function,
     optimiser,
@@ -285,8 +286,12 @@ def run_pack(specs: list[TrialSpec], backbone: Backbone, hub: bool = False, shar
                     model.designs[index], model.heads[index], specs[i].regime)))
             if designs:
                 cut = model.cut
-                batches = epoch_batches(train, regime.batch_size, regime.epochs, specs[0].data_seed, regime.max_steps)
+                targets = Targets.of(task, regime, train)
+                batches = epoch_batches(targets.learned(train), regime.batch_size, regime.epochs, specs[0].data_seed,
+                                        regime.max_steps)
                 seconds_train = fit_pack(model, designs, batches, task, regime, pad_id, device, progress)
+                for d in designs:
+                    targets.fold(model.heads[d.index])
                 scored = [d for d in designs if d.record.status is Status.OK]
                 t0 = time.perf_counter()
                 if scored:

@@ -96,7 +96,7 @@ class TrialSpec:
             "budget": self.budget,
             "seed": self.seed,
             "data_seed": self.data_seed,
-            "regime": self.regime.to_dict(),
+            "regime": self.regime_identity(),
             "lr": self.learning_rates(),
             "backbone": self.backbone_id or self.backbone,
             "data": self.data_id,
@@ -112,6 +112,16 @@ class TrialSpec:
     def key(self) -> str:
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+    def regime_identity(self) -> dict[str, Any]:
+        """The regime as it changes this trial: how regression targets are learned is no part of a
+        classification trial."""
+        from .tasks import get_task
+
+        d = self.regime.to_dict()
+        if not get_task(self.task).is_regression:
+            d.pop("targets", None)
+        return d
 
     def learning_rates(self) -> dict[str, float]:
         """The rate of every strategy this trial trains (and the head): defaults can change between

@@ -24,7 +24,7 @@ from ..model import PETModel
 from ..plan import ModuleSpec, Plan
 from ..regime import Regime
 from ..tasks import TaskSpec, get_task
-from ..train import design_groups, loss_function, pad_token_id, task_loss, to_device, update
+from ..train import Targets, design_groups, loss_function, pad_token_id, task_loss, to_device, update
 from .config import SearchConfig
 from .gates import Gates
 from .structure import candidate_specs, candidates_plan, heatmap_data, structure_plan, top_fill
@@ -148,6 +148,7 @@ def _optimise(backbone, spec, cands, gates, config, regime, seed, data_seed, dat
     device = next(backbone.model.parameters()).device
     pad_id = pad_token_id(backbone)
     train = tokenise(spec, "train", backbone.tokenizer, config.max_length, config.n_train, data_seed, data_dir, hub)
+    train = Targets.of(spec, regime, train).learned(train)  # the search's model is not scored: nothing to fold
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     half = len(order) // 2
