@@ -29,7 +29,7 @@ REGIME = Regime(n_train=2000, max_length=128)
 BACKBONES = ("minilm-l6", "mpnet-base", "smollm2-135m")
 #: The report's columns: (name, task, regime).
 COLUMNS = (("sst2", "sst2", REGIME), ("stsb", "stsb", REGIME),
-           ("stsb, standard targets", "stsb", replace(REGIME, targets="standard")))
+           ("stsb (standard targets)", "stsb", replace(REGIME, targets="standard")))
 SEEDS = (0, 1, 2, 3, 4)
 
 
