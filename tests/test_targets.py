@@ -102,3 +102,12 @@ def test_a_pack_with_standard_targets_trains_each_design_as_alone(glue_root):
     assert abs(statistics.fmean(alone[0].predictions) - 2.7) < 0.8  # labels, not z
     for a, p in zip(alone, run_pack(specs, backbone), strict=True):
         assert_same_record(a, p)
+
+
+def test_an_experiment_switched_to_standard_targets_is_another_experiment():
+    """Its store refuses it (the refiner's identity check), instead of mixing raw and standard stages."""
+    from designspace.experiment import Experiment
+
+    raw = Experiment("x", tasks=("stsb",))
+    assert raw.changed_field(Experiment("x", tasks=("stsb",), regime=Regime(targets="raw")).identity()) is None
+    assert Experiment("x", tasks=("stsb",), regime=Regime(targets="standard")).changed_field(raw.identity()) == "regime"
