@@ -14,11 +14,9 @@ import traceback
 import torch
 
 from .backbones import Backbone
-from .data import epoch_batches
 from .model import FrozenBody, new_head
 from .tasks import get_task
 from .train import (
-    Targets,
     evaluate_model,
     fit,
     pad_token_id,
@@ -26,6 +24,7 @@ from .train import (
     score_record,
     spec_data,
     torch_threads,
+    training_batches,
     versions,
 )
 from .trial import Status, TrialRecord, TrialSpec
@@ -62,9 +61,7 @@ def run_full(spec: TrialSpec, backbone: Backbone) -> TrialRecord:
             record.head_params = sum(p.numel() for p in model.head.parameters())
             groups = [{"params": list(weights.parameters()), "lr": spec.regime.lr_for("backbone"), "name": "backbone"},
                       {"params": list(model.head.parameters()), "lr": spec.regime.lr_for("head"), "name": "head"}]
-            targets = Targets.of(task, spec.regime, train)
-            batches = epoch_batches(targets.learned(train), spec.regime.batch_size, spec.regime.epochs,
-                                    spec.data_seed, spec.regime.max_steps)
+            batches, targets = training_batches(task, spec.regime, train, spec.data_seed)
             torch.manual_seed(spec.seed)
             fit(model, groups, batches, task, spec.regime, record, pad_token_id(backbone), device)
             targets.fold(model.head)

@@ -132,6 +132,14 @@ class Targets:
             linear.bias.mul_(self.sd).add_(self.mean)
 
 
+def training_batches(task, regime: Regime, train: list, data_seed: int) -> tuple[list, Targets]:
+    """A trial's training batches, carrying the labels it learns, and the :class:`Targets` whose
+    ``fold`` turns its head back to labels after training."""
+    targets = Targets.of(task, regime, train)
+    return epoch_batches(targets.learned(train), regime.batch_size, regime.epochs, data_seed,
+                         regime.max_steps), targets
+
+
 @contextmanager
 def torch_threads(n: int | None):
     """Run with ``n`` intra-op threads (None: as set), then restore: a worker's setting is its pool's."""
@@ -276,9 +284,7 @@ def run_spec(spec: TrialSpec, backbone: Backbone, keep_model: bool = False, hub:
             record.n_train, record.n_eval = len(train), len(evaluated)
             model = PETModel(backbone, plan, num_labels=task.num_labels, seed=spec.seed)
             record.trainable_params, record.head_params = model.pet_params(), model.head_params()
-            targets = Targets.of(task, spec.regime, train)
-            batches = epoch_batches(targets.learned(train), spec.regime.batch_size, spec.regime.epochs,
-                                    spec.data_seed, spec.regime.max_steps)
+            batches, targets = training_batches(task, spec.regime, train, spec.data_seed)
             torch.manual_seed(spec.seed)  # LoRA's dropout (option lora_dropout) draws from the global generator
             fit(model, param_groups(model, spec.regime), batches, task, spec.regime, record, pad_id, device, progress)
             targets.fold(model.head)

@@ -36,7 +36,6 @@ from torch import nn
 
 from .attach import Rows, attach
 from .backbones import Backbone
-from .data import epoch_batches
 from .errors import DesignSpaceError
 from .model import FrozenBody, new_head
 from .pack import check_pack, pack_key
@@ -45,7 +44,6 @@ from .regime import Regime
 from .tasks import get_task
 from .train import (
     CHECK_EVERY,
-    Targets,
     design_groups,
     loss_function,
     optimiser,
@@ -59,6 +57,7 @@ from .train import (
     task_loss,
     to_device,
     torch_threads,
+    training_batches,
     versions,
 )
 from .trial import Status, TrialRecord, TrialSpec
@@ -286,9 +285,7 @@ def run_pack(specs: list[TrialSpec], backbone: Backbone, hub: bool = False, shar
                     model.designs[index], model.heads[index], specs[i].regime)))
             if designs:
                 cut = model.cut
-                targets = Targets.of(task, regime, train)
-                batches = epoch_batches(targets.learned(train), regime.batch_size, regime.epochs, specs[0].data_seed,
-                                        regime.max_steps)
+                batches, targets = training_batches(task, regime, train, specs[0].data_seed)
                 seconds_train = fit_pack(model, designs, batches, task, regime, pad_id, device, progress)
                 for d in designs:
                     targets.fold(model.heads[d.index])
